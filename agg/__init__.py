@@ -1,0 +1,2 @@
+"""`agg` strategies: how workers' gradients are combined. Importing this package registers them all."""
+from agg import mean  # noqa: F401

@@ -1,0 +1,1 @@
+"""The trainer core: config, data, engine, loop, checkpoints, logging. It knows no method."""

@@ -1,0 +1,185 @@
+"""Typed configuration: the schema. Hydra YAML under conf/ only overrides these defaults.
+
+`param`, `optim` and `agg` are Hydra groups whose node is `{name: ..., **fields}`;
+`resolve()` turns each into the typed config its registry entry declares.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _check(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{path}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    size: str = "debug"
+    """One of models.LLAMA_SIZES: debug, 20m, 60m, 130m, 350m, 1b, 7b."""
+    max_seq_len: int = 1024
+    """Longest sequence the rotary tables cover; data.seq_len must not exceed it."""
+    vocab_size: int | None = None
+    """None: the tokenizer's vocabulary size."""
+    attn: str = "auto"
+    """auto (flash-attn when installed and on CUDA, else SDPA) | sdpa."""
+
+    def __post_init__(self):
+        _check(self.attn in ("auto", "sdpa"), "model.attn", f"{self.attn!r} is not one of auto, sdpa")
+        _check(self.max_seq_len > 0, "model.max_seq_len", "must be positive")
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"
+    """builtin (Python's own documentation, offline) | a local .txt/.jsonl/.json/.parquet file, glob or
+    folder | a Hugging Face hub dataset name (needs a network)."""
+    text_field: str = "text"
+    """Column holding the text in jsonl / parquet / hub sources."""
+    hub_config: str | None = None
+    """Subset name for hub datasets (e.g. 'en' for allenai/c4)."""
+    streaming: bool = True
+    """Stream hub datasets instead of downloading them whole."""
+    max_tokens: int = 0
+    """Stop tokenizing after this many tokens (0: the whole source)."""
+    tokenizer: str | None = None
+    """Path to a sentencepiece .model; None trains one on the corpus (cached)."""
+    vocab_size: int = 4096
+    """Vocabulary of a trained tokenizer."""
+    seq_len: int = 128
+    val_fraction: float = 0.05
+    """Last fraction of the token stream held out for validation."""
+    cache_dir: str = "~/.cache/slimtrain"
+    """Tokenizers and tokenized corpora, keyed by corpus + tokenizer."""
+
+    def __post_init__(self):
+        _check(self.seq_len > 0, "data.seq_len", "must be positive")
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
+        _check(self.vocab_size >= 64, "data.vocab_size", "must be at least 64")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    global_batch_size: int = 16
+    """Sequences per optimizer step, all ranks together."""
+    micro_batch_size: int = 8
+    """Sequences per forward pass on one rank; accumulation = global / (micro x world)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0, 1 or 2."""
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this (0: off, the recipe below 7B)."""
+    warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.1
+    """Cosine decays to this fraction of the peak learning rate."""
+    seed: int = 0
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every: int = 10
+    save_every: int = 100
+    keep_last: int = 2
+    """Checkpoints kept on disk (the newest)."""
+    resume: str = "auto"
+    """auto (newest valid checkpoint of this run, if any) | never | a checkpoint directory."""
+    max_time: float = 0.0
+    """Stop cleanly (with a checkpoint) after this many seconds (0: no limit)."""
+    threads: int = 0
+    """torch intra-op threads per process (0: leave torch's default)."""
+    device: str = "auto"
+    """auto (cuda when available) | cpu | cuda."""
+
+    def __post_init__(self):
+        _check(self.steps > 0, "train.steps", "must be positive")
+        _check(self.zero_stage in (0, 1, 2), "train.zero_stage", f"{self.zero_stage} is not 0, 1 or 2")
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", f"{self.precision!r} is not auto, fp32 or bf16")
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", f"{self.device!r} is not auto, cpu or cuda")
+        _check(self.micro_batch_size > 0 and self.global_batch_size > 0, "train.global_batch_size", "batch sizes must be positive")
+        _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
+        _check(self.keep_last >= 1, "train.keep_last", "must be at least 1")
+
+
+@dataclass
+class RunConfig:
+    name: str = ""
+    """Run name; the run directory is out_dir/name. Empty: slurm-<job id> under Slurm, else 'default'."""
+    out_dir: str = "runs"
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "disabled"
+    """online | offline | disabled."""
+    wandb_project: str = "slimtrain"
+    progress: str = "auto"
+    """auto (a bar on a terminal, plain lines otherwise) | bar | lines."""
+
+    def __post_init__(self):
+        _check(self.wandb in ("online", "offline", "disabled"), "log.wandb", f"{self.wandb!r} is not online, offline or disabled")
+        _check(self.progress in ("auto", "bar", "lines"), "log.progress", f"{self.progress!r} is not auto, bar or lines")
+
+
+@dataclass
+class FaultsConfig:
+    """Fault injection, for testing robust aggregation: these ranks send corrupt gradients."""
+
+    byzantine_ranks: list[int] = field(default_factory=list)
+    attack: str = "sign_flip"
+    """sign_flip | gaussian | uniform_random | alie | fall_of_empires | zero | nan."""
+    scale: float = 1.0
+    """Strength for gaussian / uniform_random (std / half-width)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    param: Any = field(default_factory=lambda: {"name": "full"})
+    optim: Any = field(default_factory=lambda: {"name": "adamw"})
+    agg: Any = field(default_factory=lambda: {"name": "mean"})
+
+
+def run_name(cfg: Config) -> str:
+    if cfg.run.name:
+        return cfg.run.name
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job else "default"
+
+
+def resolve(cfg: Config) -> Config:
+    """Turn the strategy groups into their registered typed configs and run each one's checks."""
+    from trainer.registry import AGG, OPTIM, PARAM
+
+    for attr, registry in (("param", PARAM), ("optim", OPTIM), ("agg", AGG)):
+        node = getattr(cfg, attr)
+        if isinstance(node, dict):
+            setattr(cfg, attr, registry.make_config(node))
+    for attr in ("param", "optim", "agg"):
+        check = getattr(getattr(cfg, attr), "check", None)
+        if check is not None:
+            check(cfg)
+    return cfg
+
+
+def check_world(cfg: Config, world_size: int) -> int:
+    """Validate the batch layout for this world size; returns gradient-accumulation steps."""
+    per_step = cfg.train.micro_batch_size * world_size
+    if cfg.train.global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
+            f"micro_batch_size x world_size = {cfg.train.micro_batch_size} x {world_size}; "
+            f"make it a multiple of {per_step}"
+        )
+    if cfg.data.seq_len > cfg.model.max_seq_len:
+        raise ValueError(
+            f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
+            f"lower data.seq_len or raise model.max_seq_len"
+        )
+    return cfg.train.global_batch_size // per_step

@@ -1,0 +1,90 @@
+"""The narrow interface between the trainer and the memory-saving methods.
+
+Three kinds, each picked by a Hydra group and built through `trainer.registry`:
+
+- `ParamStrategy` (`param=`): converts the model in place (weights held differently),
+  gets a hook at every step boundary, and owns state that must survive a resume.
+- optimizer factory (`optim=`): `factory(cfg, model, ctx) -> torch.optim.Optimizer`, an
+  optimizer in the torch.optim layout whose `state` holds tensors only.
+- `Aggregator` (`agg=`): combines the data-parallel workers' gradients. `mean` keeps
+  DeepSpeed's own all-reduce; any other aggregator gets the local gradients instead.
+
+Strategies never import DeepSpeed: what they may do to the engine is in `EngineOps`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BuildContext:
+    """What a strategy may know about the run when it is built."""
+
+    model_size: str
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    zero_stage: int = 0
+    total_steps: int = 1
+    group: Any = None  # the data-parallel torch.distributed process group (None: default group)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class EngineOps(Protocol):
+    """What a strategy's step hook may ask of the engine (implemented in trainer/engine.py)."""
+
+    optimizer: torch.optim.Optimizer  # the client optimizer (torch.optim layout)
+
+    def reset_optimizer_state(self, params: list[nn.Parameter]) -> None:
+        """Forget the optimizer state (moments, step count) of these parameters."""
+
+    def params_changed(self, params: list[nn.Parameter]) -> None:
+        """Tell the engine these parameters' values were changed outside the optimizer."""
+
+
+class ParamStrategy:
+    """How weights are held. `full` leaves the model as it is."""
+
+    def convert(self, model: nn.Module) -> None:
+        """Replace the targeted layers in place."""
+
+    def on_step_end(self, step: int, ops: EngineOps) -> None:
+        """Called after optimizer step `step` (1-based) on every rank, before logging."""
+
+    def lr_factor(self, step: int) -> float:
+        """A multiplier on the scheduled learning rate for step `step` (e.g. a re-warm)."""
+        return 1.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def export_dense(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The weights as a plain LLaMA state dict (each converted layer merged back)."""
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Aggregator:
+    """Combines workers' gradients. Robust aggregators replace DeepSpeed's all-reduce."""
+
+    uses_engine_allreduce: bool = False
+
+    def aggregate(self, grads: list[torch.Tensor], step: int) -> dict[str, float]:
+        """Replace each local gradient in place by the aggregate of all workers'.
+
+        Called once per optimizer step on every rank, after the accumulated
+        backward passes. Returns metrics to log (e.g. each worker's weight).
+        """
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
