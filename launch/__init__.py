@@ -1,0 +1,1 @@
+"""Launchers: the distributed environment, and rendering/submitting Slurm jobs."""
