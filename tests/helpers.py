@@ -1,0 +1,92 @@
+"""Shared test helpers: compose configs, run train.py for real (one process or torchrun), run gloo workers."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Small, fast settings for end-to-end runs of the debug model on the built-in corpus.
+FAST = [
+    "model.size=debug", "data.seq_len=32", "data.vocab_size=512", "train.global_batch_size=8",
+    "train.micro_batch_size=2", "train.eval_every=1000", "train.eval_batches=2", "train.log_every=1000",
+    "train.threads=1", "train.warmup_fraction=0.2", "log.progress=lines",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compose(overrides: list[str] | None = None):
+    """The composed DictConfig for these overrides, exactly as train.py sees it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    import train  # noqa: F401  (registers the schema and the strategies)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [])
+
+
+def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, str(ROOT / "train.py"), *overrides]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+            "--max-restarts=0", str(ROOT / "train.py"), *overrides]
+
+
+def train_env(cache_dir: str | os.PathLike | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("SLURM_JOB_ID", None)
+    return env
+
+
+def run_train(tmp_path, overrides: list[str], nproc: int = 1, name: str = "run", check: bool = True,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run train.py for real in a subprocess; the run directory is tmp_path/runs/<name>."""
+    args = [*FAST, f"run.out_dir={tmp_path / 'runs'}", f"run.name={name}", f"data.cache_dir={cache_dir(tmp_path)}", *overrides]
+    proc = subprocess.run(train_command(args, nproc), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def cache_dir(tmp_path) -> Path:
+    """One data cache per test session, so the tokenizer is trained once."""
+    shared = os.environ.get("SLIMTRAIN_TEST_CACHE")
+    return Path(shared) if shared else Path(tmp_path) / "cache"
+
+
+def metrics(tmp_path, name: str = "run") -> list[dict]:
+    path = Path(tmp_path) / "runs" / name / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def losses_by_step(records: list[dict]) -> dict[int, float]:
+    """The last logged training loss of each step (a resumed run may re-log a step)."""
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def _worker(rank, world_size, port, fn, args):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int, *args) -> None:
+    """Run fn(rank, world_size, *args) in world_size gloo processes (fn must be importable)."""
+    mp.start_processes(_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True, start_method="spawn")

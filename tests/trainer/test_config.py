@@ -1,0 +1,119 @@
+"""Bad input gets a one-line error naming what to change, before any expensive work."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from tests.helpers import ROOT, compose, train_command, train_env
+
+import train
+
+
+def run_in_process(tmp_path, overrides):
+    raw = compose([f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+    return train.run(raw)
+
+
+@pytest.mark.parametrize("group", ["param", "optim", "agg"])
+def test_unknown_strategy_lists_valid_names(group):
+    with pytest.raises((MissingConfigException, ConfigCompositionException)) as err:
+        compose([f"{group}=nope"])
+    assert "nope" in str(err.value) and "Available options" in str(err.value)
+
+
+def test_unknown_strategy_key(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) optim.lrr for optim=adamw; valid keys: .*lr"):
+        run_in_process(tmp_path, ["+optim.lrr=1"])
+
+
+def test_registry_name_lists_valid(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown param='bogus'; choose one of: .*full"):
+        run_in_process(tmp_path, ["param.name=bogus"])
+
+
+def test_unknown_model_size(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model.size='5m'; choose one of: debug"):
+        run_in_process(tmp_path, ["model.size=5m"])
+
+
+def test_batch_not_divisible(tmp_path):
+    with pytest.raises(ValueError, match=r"global_batch_size=10 is not divisible by micro_batch_size x world_size = 4 x 1"):
+        run_in_process(tmp_path, ["train.global_batch_size=10", "train.micro_batch_size=4"])
+
+
+def test_seq_len_beyond_model(tmp_path):
+    with pytest.raises(ValueError, match=r"data.seq_len=4096 exceeds model.max_seq_len=1024"):
+        run_in_process(tmp_path, ["data.seq_len=4096"])
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(ValueError, match=r"data.source=.*no such file or folder"):
+        run_in_process(tmp_path, [f"data.source={tmp_path / 'nope.txt'}"])
+
+
+def test_empty_data_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"is empty; point data.source at a file with text"):
+        run_in_process(tmp_path, [f"data.source={empty}"])
+
+
+def test_missing_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match=r"data.tokenizer=.* does not exist"):
+        run_in_process(tmp_path, [f"data.tokenizer={tmp_path / 'x.model'}"])
+
+
+def test_bad_enum_value(tmp_path):
+    with pytest.raises(ValueError, match=r"train.zero_stage: 3 is not 0, 1 or 2"):
+        run_in_process(tmp_path, ["train.zero_stage=3"])
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    args = [f"run.out_dir={tmp_path}", "train.global_batch_size=10", "train.micro_batch_size=4"]
+    proc = subprocess.run(train_command(args), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "make it a multiple of 4" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def all_group_yamls():
+    for group in ("param", "optim", "agg"):
+        for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
+            yield group, path.stem
+
+
+@pytest.mark.parametrize("group,name", list(all_group_yamls()))
+def test_every_yaml_composes_and_builds(group, name):
+    import torch
+
+    from models import Llama, shape_for
+    from trainer.config import resolve
+    from trainer.registry import AGG, OPTIM, PARAM, config_name
+    from trainer.strategy import BuildContext
+    from omegaconf import OmegaConf
+
+    cfg = resolve(OmegaConf.to_object(compose([f"{group}={name}"])))
+    assert config_name(getattr(cfg, group)) == name
+    ctx = BuildContext(model_size="debug")
+    torch.manual_seed(0)
+    model = Llama(shape_for("debug"), vocab_size=64, max_seq_len=32)
+    PARAM.build(config_name(cfg.param), cfg.param, ctx).convert(model)
+    optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
+    assert all("lr" in g for g in optimizer.param_groups)
+    AGG.build(config_name(cfg.agg), cfg.agg, ctx)
+
+
+@pytest.mark.parametrize("size", ["debug", "20m", "60m", "130m", "350m", "1b", "7b"])
+def test_every_model_size_builds_on_meta(size):
+    import torch
+
+    from models import Llama, shape_for
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(compose([f"model.size={size}"]))
+    with torch.device("meta"):
+        model = Llama(shape_for(cfg.model.size), vocab_size=32000, max_seq_len=cfg.model.max_seq_len)
+    assert sum(p.numel() for p in model.parameters()) > 0

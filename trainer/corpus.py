@@ -1,0 +1,107 @@
+"""Where text comes from: the built-in offline corpus, local files, or the Hugging Face hub.
+
+Each source yields documents (strings) and a fingerprint that changes when the text does,
+so tokenizers and tokenized corpora can be cached by it.
+"""
+from __future__ import annotations
+
+import ast
+import glob
+import hashlib
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Iterator
+
+from trainer.config import DataConfig
+
+LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+BUILTIN_MAX_CHARS = 6_000_000
+
+
+def builtin_documents() -> Iterator[str]:
+    """Docstrings of Python's standard library: English prose present on every machine with Python."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    total = 0
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib).parts
+        if any(p in ("test", "tests", "site-packages", "idlelib", "lib2to3") for p in rel):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in [tree, *ast.walk(tree)]:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 120:
+                    yield doc
+                    total += len(doc)
+                    if total >= BUILTIN_MAX_CHARS:
+                        return
+
+
+def local_files(source: str) -> list[str]:
+    """The files a local source names (a file, a glob or a folder), or a one-line error."""
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix in LOCAL_FORMATS and p.is_file())
+    else:
+        files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else ([path] if os.path.exists(path) else [])
+    if not files:
+        raise ValueError(f"data.source={source!r}: no such file or folder; give a .txt/.jsonl/.parquet path, 'builtin', or a hub dataset name")
+    formats = {LOCAL_FORMATS.get(Path(f).suffix) for f in files}
+    if None in formats or len(formats) > 1:
+        raise ValueError(f"data.source={source!r}: files must all be one of {', '.join(sorted(LOCAL_FORMATS))}")
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise ValueError(f"data.source={source!r} is empty; point data.source at a file with text in it")
+    return files
+
+
+def is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(source)) or Path(source).suffix in LOCAL_FORMATS
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    h = hashlib.sha256()
+    if cfg.source == "builtin":
+        h.update(f"builtin-v1 {sys.version_info[:2]} {BUILTIN_MAX_CHARS}".encode())
+    elif is_local(cfg.source):
+        for f in local_files(cfg.source):
+            st = os.stat(f)
+            h.update(f"{os.path.abspath(f)} {st.st_size} {st.st_mtime_ns}".encode())
+    else:
+        h.update(f"hub {cfg.source} {cfg.hub_config}".encode())
+    h.update(f" field={cfg.text_field} max_tokens={cfg.max_tokens}".encode())
+    return h.hexdigest()[:16]
+
+
+def documents(cfg: DataConfig) -> Iterator[str]:
+    if cfg.source == "builtin":
+        yield from builtin_documents()
+        return
+    import datasets
+
+    if is_local(cfg.source):
+        files = local_files(cfg.source)
+        fmt = LOCAL_FORMATS[Path(files[0]).suffix]
+        ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=True)
+        field = "text" if fmt == "text" else cfg.text_field
+    else:
+        ds = datasets.load_dataset(cfg.source, cfg.hub_config, split="train", streaming=cfg.streaming)
+        field = cfg.text_field
+    for row in ds:
+        if field not in row:
+            raise ValueError(f"data.text_field={field!r} is not a column of {cfg.source}; columns: {', '.join(row)}")
+        text = row[field]
+        if text and text.strip():
+            yield text
+
+
+def check_source(cfg: DataConfig) -> None:
+    """Fail fast, before any expensive work, on a source that cannot work."""
+    if cfg.source != "builtin" and is_local(cfg.source):
+        local_files(cfg.source)
+    if cfg.tokenizer and not os.path.isfile(os.path.expanduser(cfg.tokenizer)):
+        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} does not exist; give a sentencepiece .model file or leave it null to train one")

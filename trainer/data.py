@@ -1,0 +1,173 @@
+"""Tokenizer, the tokenized corpus cache, and deterministic per-rank batches.
+
+The corpus is tokenized once into a flat memmap (documents joined by EOS), cached under
+data.cache_dir keyed by corpus + tokenizer + seq_len, so a second run starts at once.
+Sequences are non-overlapping windows of seq_len + 1 tokens; the last val_fraction of them
+is held out. The order of training sequences is a per-epoch permutation from the seed, so
+the data position is just the number of optimizer steps taken.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+from trainer import corpus
+from trainer.config import DataConfig
+
+TOKENIZE_BATCH = 2000
+
+
+def _cache_dir(cfg: DataConfig) -> str:
+    path = os.path.expanduser(cfg.cache_dir)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _atomic_path(final: str) -> str:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=".tmp-")
+    os.close(fd)
+    return tmp
+
+
+def tokenizer_path(cfg: DataConfig) -> str:
+    """The .model file to use: the given one, or a cached one trained on the corpus."""
+    if cfg.tokenizer:
+        return os.path.expanduser(cfg.tokenizer)
+    key = hashlib.sha256(f"spm-bpe-v1 {corpus.fingerprint(cfg)} {cfg.vocab_size}".encode()).hexdigest()[:16]
+    return os.path.join(_cache_dir(cfg), f"tokenizer-{key}.model")
+
+
+def train_tokenizer(cfg: DataConfig, path: str) -> None:
+    def sentences():
+        for doc in corpus.documents(cfg):
+            for line in doc.splitlines():
+                if line.strip():
+                    yield line[:4000]
+
+    prefix = _atomic_path(path)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=islice(sentences(), 2_000_000), model_prefix=prefix, vocab_size=cfg.vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=0.9995, num_threads=os.cpu_count() or 1,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )
+    os.replace(prefix + ".model", path)
+    for leftover in (prefix, prefix + ".vocab"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+
+
+def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
+    try:
+        return spm.SentencePieceProcessor(model_file=path)
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"data.tokenizer={path!r} is not a valid sentencepiece model ({e}); retrain it or fix the path") from None
+
+
+def _token_cache_key(cfg: DataConfig, tok_path: str) -> str:
+    with open(tok_path, "rb") as f:
+        tok_hash = hashlib.sha256(f.read()).hexdigest()[:16]
+    return hashlib.sha256(f"tokens-v1 {corpus.fingerprint(cfg)} {tok_hash} {cfg.seq_len}".encode()).hexdigest()[:16]
+
+
+def tokenize_corpus(cfg: DataConfig, sp: spm.SentencePieceProcessor, path: str) -> None:
+    """Write the corpus as one flat token array (EOS after each document) to `path`."""
+    dtype = np.uint16 if sp.vocab_size() < 2**16 else np.uint32
+    tmp, num_tokens, eos = _atomic_path(path), 0, sp.eos_id()
+    with open(tmp, "wb") as out:
+        docs = corpus.documents(cfg)
+        while batch := list(islice(docs, TOKENIZE_BATCH)):
+            for ids in sp.encode(batch):
+                ids.append(eos)
+                out.write(np.asarray(ids, dtype=dtype).tobytes())
+                num_tokens += len(ids)
+            if cfg.max_tokens and num_tokens >= cfg.max_tokens:
+                break
+    if num_tokens == 0:
+        os.remove(tmp)
+        raise ValueError(f"data.source={cfg.source!r} contains no text; point it at a non-empty corpus")
+    with open(path + ".json.tmp", "w") as f:
+        json.dump({"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "source": cfg.source}, f)
+    os.replace(tmp, path)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+@dataclass
+class Corpus:
+    tokens: np.ndarray  # flat token ids (memmap)
+    seq_len: int
+    num_train: int  # training sequences
+    num_val: int  # held-out sequences, after the training ones
+    vocab_size: int
+    tokenizer_path: str
+
+    def sequence(self, index: int) -> np.ndarray:
+        start = index * self.seq_len
+        return self.tokens[start : start + self.seq_len + 1]
+
+
+def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus:
+    """Build (on the main rank) or find the tokenizer and token cache, then open them everywhere."""
+    tok_path = tokenizer_path(cfg)
+    if is_main and not os.path.exists(tok_path):
+        train_tokenizer(cfg, tok_path)
+    barrier()
+    sp = load_tokenizer(tok_path)
+    tokens_path = os.path.join(_cache_dir(cfg), f"tokens-{_token_cache_key(cfg, tok_path)}.bin")
+    if is_main and not os.path.exists(tokens_path + ".json"):
+        tokenize_corpus(cfg, sp, tokens_path)
+    barrier()
+    with open(tokens_path + ".json") as f:
+        meta = json.load(f)
+    tokens = np.memmap(tokens_path, dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
+    num_seqs = (len(tokens) - 1) // cfg.seq_len
+    num_val = max(1, int(num_seqs * cfg.val_fraction))
+    if num_seqs - num_val < 1:
+        raise ValueError(f"data.source={cfg.source!r} has {len(tokens)} tokens: too few for data.seq_len={cfg.seq_len}; use more text or a shorter seq_len")
+    return Corpus(tokens, cfg.seq_len, num_seqs - num_val, num_val, sp.vocab_size(), tok_path)
+
+
+class TrainBatches:
+    """Micro-batches for one rank; step s of the run always gets the same sequences."""
+
+    def __init__(self, data: Corpus, global_batch: int, micro_batch: int, rank: int, world_size: int, seed: int):
+        self.data, self.global_batch, self.micro_batch = data, global_batch, micro_batch
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.data.num_train, generator=gen), epoch
+        return self._perm
+
+    def _sequence_index(self, sample: int) -> int:
+        epoch, pos = divmod(sample, self.data.num_train)
+        return int(self._permutation(epoch)[pos])
+
+    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Inputs and targets, each (micro_batch, seq_len) int64, for 0-based optimizer step `step`."""
+        per_rank = self.global_batch // self.world_size
+        first = step * self.global_batch + self.rank * per_rank
+        out = []
+        for start in range(first, first + per_rank, self.micro_batch):
+            rows = np.stack([self.data.sequence(self._sequence_index(i)) for i in range(start, start + self.micro_batch)])
+            rows = torch.from_numpy(rows.astype(np.int64))
+            out.append((rows[:, :-1], rows[:, 1:]))
+        return out
+
+
+def val_batches(data: Corpus, micro_batch: int, num_batches: int, rank: int, world_size: int):
+    """This rank's share of the first num_batches x world_size held-out micro-batches."""
+    total = min(num_batches * world_size, data.num_val // micro_batch) or 0
+    for b in range(rank, total, world_size):
+        idx = range(data.num_train + b * micro_batch, data.num_train + (b + 1) * micro_batch)
+        rows = torch.from_numpy(np.stack([data.sequence(i) for i in idx]).astype(np.int64))
+        yield rows[:, :-1], rows[:, 1:]

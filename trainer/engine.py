@@ -1,0 +1,200 @@
+"""The one module that touches DeepSpeed and torch.distributed.
+
+Everything else gets plain tensors, a process group, or the small `Ops` object below.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from launch.env import DistEnv, export_torch_env
+from trainer.config import Config
+
+
+def pick_device(cfg: Config, env: DistEnv) -> torch.device:
+    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+    if use_cuda:
+        torch.cuda.set_device(env.local_rank)
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -> None:
+    """gloo on CPU, nccl on GPU; one process gets a world of one so every code path is the same."""
+    if dist.is_initialized():
+        return
+    export_torch_env(env)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_max(value: float) -> float:
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(obj, src: int = 0):
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
+def deepspeed_config(cfg: Config, world_size: int, bf16: bool) -> dict:
+    t = cfg.train
+    return {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * world_size),
+        "zero_optimization": {"stage": t.zero_stage},
+        "gradient_clipping": t.grad_clip,
+        # Weights and optimizer stay fp32; matmuls run in bf16 under autocast. DeepSpeed's own
+        # bf16 mode flattens parameters into fp32 partitions, which shape-aware optimizers cannot use.
+        "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+@dataclass
+class Ops:
+    """What a strategy's step hook may ask of the engine (trainer.strategy.EngineOps)."""
+
+    engine: "deepspeed.DeepSpeedEngine"
+    optimizer: torch.optim.Optimizer  # the client optimizer
+
+    def reset_optimizer_state(self, params: list[nn.Parameter]) -> None:
+        if self.engine.zero_optimization_stage() > 0:
+            raise NotImplementedError("resetting per-parameter optimizer state needs train.zero_stage=0")
+        for p in params:
+            self.optimizer.state.pop(p, None)
+
+    def params_changed(self, params: list[nn.Parameter]) -> None:
+        zero_opt = self.engine.optimizer
+        if self.engine.zero_optimization_stage() > 0:
+            # ZeRO-1/2 keep fp32 master partitions; copy the edited model weights into them.
+            zero_opt._restore_from_bit16_weights()
+
+
+class Engine:
+    """A DeepSpeed engine plus the few operations the loop needs."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, world_size: int, device: torch.device):
+        self.bf16 = use_bf16(cfg, device)
+        self.client_optimizer = optimizer
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.ds, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16),
+            dist_init_required=False,
+        )
+        self.device = device
+        self.ops = Ops(self.ds, optimizer)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ds.module
+
+    def disable_allreduce(self) -> None:
+        if self.ds.zero_optimization_stage() > 0:
+            raise ValueError("a robust agg needs train.zero_stage=0: ZeRO-1/2 reduce gradients inside backward")
+        self.ds.enable_backward_allreduce = False
+
+    def set_lr_factor(self, factor: float) -> float:
+        for group in self.client_optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.client_optimizer.param_groups[0]["lr"]
+
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.ds(inputs.to(self.device))
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(self.device).flatten())
+        self.ds.backward(loss)
+        return loss.detach()
+
+    def local_grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self.module.parameters() if p.grad is not None]
+
+    def grad_norm(self) -> float | None:
+        """Global gradient norm; under ZeRO-0 call before step(), otherwise after."""
+        if self.ds.zero_optimization_stage() == 0:
+            grads = self.local_grads()
+            return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else 0.0
+        norm = self.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def step(self) -> None:
+        self.ds.step()
+
+    @torch.no_grad()
+    def eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+        """Summed token loss and token count for one held-out batch."""
+        self.ds.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.module(inputs.to(self.device))
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(self.device).flatten(), reduction="sum")
+        self.ds.train()
+        return float(loss), targets.numel()
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def save(self, directory: str, client_state: dict) -> None:
+        self.ds.save_checkpoint(directory, tag="engine", client_state=client_state, save_latest=False)
+
+    def load(self, directory: str) -> dict:
+        path, client_state = self.ds.load_checkpoint(directory, tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise ValueError(f"checkpoint {directory} has no engine state")
+        return client_state
+
+    # --- accounting --------------------------------------------------------------------------
+    def optimizer_state_tensors(self) -> list[torch.Tensor]:
+        opt = self.ds.optimizer
+        inner = getattr(opt, "optimizer", opt)  # ZeRO wraps the client optimizer
+        tensors = [v for state in inner.state.values() for v in state.values() if torch.is_tensor(v)]
+        if self.ds.zero_optimization_stage() > 0:
+            tensors += list(getattr(opt, "single_partition_of_fp32_groups", []))  # fp32 master partitions
+        return tensors
+
+    def grad_bytes(self) -> int:
+        if self.ds.zero_optimization_stage() > 0:
+            opt = self.ds.optimizer
+            parts = getattr(opt, "single_partition_of_fp32_groups", [])
+            return sum(p.numel() * p.element_size() for p in parts)  # one partition's worth of gradient
+        return sum(p.numel() * p.element_size() for p in self.module.parameters() if p.requires_grad)
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def set_threads(num_threads: int) -> None:
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+        os.environ["OMP_NUM_THREADS"] = str(num_threads)
