@@ -18,7 +18,7 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import read_dist_env
 from models import Llama, shape_for
-from trainer import corpus, data, engine as eng
+from trainer import checkpoint, corpus, data, engine as eng
 from trainer.config import Config, check_world, resolve, run_name
 from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
@@ -50,6 +50,7 @@ def run(raw: DictConfig) -> int:
     check_world(cfg, env.world_size)
     corpus.check_source(cfg.data)
     shape_for(cfg.model.size)
+    checkpoint.check_resume_arg(cfg.train.resume)
     device = eng.pick_device(cfg, env)
     eng.set_threads(cfg.train.threads)
     eng.init_distributed(env, device)

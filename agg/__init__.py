@@ -1,2 +1,7 @@
-"""`agg` strategies: how workers' gradients are combined. Importing this package registers them all."""
-from agg import mean  # noqa: F401
+"""`agg` strategies: how workers' gradients are combined. Importing this package registers every module in it."""
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,2 +1,7 @@
-"""`param` strategies: how weights are held. Importing this package registers them all."""
-from param import full  # noqa: F401
+"""`param` strategies: how weights are held. Importing this package registers every module in it."""
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

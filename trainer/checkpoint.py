@@ -89,6 +89,12 @@ def list_checkpoints(root: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+def check_resume_arg(resume: str) -> None:
+    """Fail at start-up, before any expensive work, on an explicit checkpoint that cannot be used."""
+    if resume not in ("auto", "never"):
+        find_resume("", resume, print)
+
+
 def find_resume(root: str, resume: str, warn) -> str | None:
     """The checkpoint to resume from (run on rank 0), per train.resume."""
     if resume == "never":

@@ -87,6 +87,8 @@ class TrainConfig:
     """auto (newest valid checkpoint of this run, if any) | never | a checkpoint directory."""
     max_time: float = 0.0
     """Stop cleanly (with a checkpoint) after this many seconds (0: no limit)."""
+    stop_at: int = 0
+    """Stop cleanly (with a checkpoint, exit code 75) after this step, as a preemption would (0: never)."""
     threads: int = 0
     """torch intra-op threads per process (0: leave torch's default)."""
     device: str = "auto"
@@ -131,6 +133,17 @@ class FaultsConfig:
     """sign_flip | gaussian | uniform_random | alie | fall_of_empires | zero | nan."""
     scale: float = 1.0
     """Strength for gaussian / uniform_random (std / half-width)."""
+    sign_flip_factor: float = -10.0
+    """sign_flip sends this multiple of the worker's own gradient (METHODS.md 5: x -10)."""
+    alie_z: float = 0.21
+    """alie sends mean - z * std of the honest gradients, per coordinate (METHODS.md 5: z = 0.21)."""
+    foe_epsilon: float = 0.1
+    """fall_of_empires sends -epsilon times the honest mean (METHODS.md 5: -0.1 mean)."""
+
+    def __post_init__(self):
+        attacks = ("sign_flip", "gaussian", "uniform_random", "alie", "fall_of_empires", "zero", "nan")
+        _check(self.attack in attacks, "faults.attack", f"{self.attack!r} is not one of {', '.join(attacks)}")
+        _check(self.scale >= 0, "faults.scale", "must be >= 0")
 
 
 @dataclass

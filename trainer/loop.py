@@ -156,10 +156,10 @@ class Trainer:
                 self.log.progress(step, metrics, print_line=step % t.log_every == 0 or "val/loss" in metrics)
                 if "val/loss" in metrics:
                     self.log.info(f"step {step}: val loss {metrics['val/loss']:.4f} ppl {metrics['val/ppl']:.2f}")
-                stopping = eng.all_reduce_max(stop.requested()) > 0
+                stopping = eng.all_reduce_max(stop.requested() or step == t.stop_at) > 0
                 if step % t.save_every == 0 or step == t.steps or stopping:
                     self.save()
                 if stopping and step < t.steps:
-                    self.log.info(f"stopping at step {step} ({stop.reason or 'a peer rank was asked to stop'}); checkpoint saved")
+                    self.log.info(f"stopping at step {step} ({stop.reason or ('train.stop_at' if step == t.stop_at else 'a peer rank was asked to stop')}); checkpoint saved")
                     return EXIT_PREEMPTED
         return 0

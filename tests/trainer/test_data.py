@@ -1,0 +1,114 @@
+"""Data pipeline: local sources through HF datasets, packing with EOS, the cache, disjoint per-rank batches."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from trainer import corpus, data
+from trainer.config import DataConfig
+
+DOCS = [f"Document number {i} talks about topic {i % 7} with some words: " + "lorem ipsum dolor sit amet " * (5 + i % 4)
+        for i in range(300)]
+
+
+def write_source(tmp_path, fmt: str):
+    if fmt == "txt":
+        path = tmp_path / "corpus.txt"
+        path.write_text("\n".join(DOCS))
+    elif fmt == "jsonl":
+        path = tmp_path / "corpus.jsonl"
+        path.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(DOCS)))
+    else:
+        import datasets
+
+        path = tmp_path / "corpus.parquet"
+        datasets.Dataset.from_dict({"text": DOCS}).to_parquet(str(path))
+    return path
+
+
+def cfg_for(tmp_path, source, **kw) -> DataConfig:
+    return DataConfig(source=str(source), vocab_size=300, seq_len=16, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "parquet"])
+def test_local_formats_pack_documents_with_eos(tmp_path, fmt):
+    cfg = cfg_for(tmp_path, write_source(tmp_path, fmt))
+    c = data.prepare(cfg, True, lambda: None)
+    sp = data.load_tokenizer(c.tokenizer_path)
+    eos_positions = np.flatnonzero(np.asarray(c.tokens) == sp.eos_id())
+    assert len(eos_positions) == len(DOCS)  # one EOS after each document, none elsewhere
+    first_doc = sp.decode(np.asarray(c.tokens[: eos_positions[0]]).tolist())
+    assert first_doc == DOCS[0].strip()  # sentencepiece drops trailing whitespace
+    assert c.num_train > 0 and c.num_val >= 1
+    assert c.num_val == max(1, int((len(c.tokens) - 1) // 16 * cfg.val_fraction))
+
+
+def test_second_prepare_uses_the_cache(tmp_path, monkeypatch):
+    cfg = cfg_for(tmp_path, write_source(tmp_path, "txt"))
+    first = data.prepare(cfg, True, lambda: None)
+
+    def fail(*a, **k):
+        raise AssertionError("cache miss: tokenizer or tokens rebuilt")
+
+    monkeypatch.setattr(data, "train_tokenizer", fail)
+    monkeypatch.setattr(data, "tokenize_corpus", fail)
+    start = time.perf_counter()
+    second = data.prepare(cfg, True, lambda: None)
+    assert time.perf_counter() - start < 1.0
+    assert np.array_equal(np.asarray(first.tokens), np.asarray(second.tokens))
+
+
+def test_cache_key_changes_with_seq_len_and_text(tmp_path):
+    source = write_source(tmp_path, "txt")
+    a = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
+    b = data.prepare(DataConfig(source=str(source), vocab_size=300, seq_len=32, cache_dir=str(tmp_path / "cache")), True, lambda: None)
+    assert a.tokens.filename != b.tokens.filename and a.tokenizer_path == b.tokenizer_path
+    source.write_text("\n".join(DOCS[:100]))  # the text changed: everything is rebuilt
+    c = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
+    assert c.tokenizer_path != a.tokenizer_path and len(c.tokens) < len(a.tokens)
+
+
+def test_given_tokenizer_is_used(tmp_path):
+    source = write_source(tmp_path, "txt")
+    trained = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
+    cfg = DataConfig(source=str(source), tokenizer=trained.tokenizer_path, seq_len=16, cache_dir=str(tmp_path / "other"))
+    assert data.prepare(cfg, True, lambda: None).tokenizer_path == trained.tokenizer_path
+
+
+def corpus_fixture(num_train=40, num_val=6, seq_len=4):
+    tokens = np.arange((num_train + num_val) * seq_len + 1, dtype=np.int64)
+    return data.Corpus(tokens, seq_len, num_train, num_val, 1000, "")
+
+
+def rows(batches):
+    return [tuple(r.tolist()) for inputs, _ in batches for r in inputs]
+
+
+def test_ranks_read_disjoint_batches_covering_the_global_batch():
+    c = corpus_fixture()
+    one = data.TrainBatches(c, 8, 2, 0, 1, seed=3)
+    two = [data.TrainBatches(c, 8, 2, r, 2, seed=3) for r in range(2)]
+    for step in range(12):  # crosses an epoch boundary (40 sequences / 8 per step)
+        per_rank = [rows(b.micro_batches(step)) for b in two]
+        assert not set(per_rank[0]) & set(per_rank[1])
+        assert sorted(per_rank[0] + per_rank[1]) == sorted(rows(one.micro_batches(step)))
+
+
+def test_batches_are_a_function_of_the_step_and_targets_shift():
+    c = corpus_fixture()
+    a, b = data.TrainBatches(c, 8, 4, 0, 1, seed=1), data.TrainBatches(c, 8, 4, 0, 1, seed=1)
+    for step in (7, 0, 3):
+        for (xa, ya), (xb, yb) in zip(a.micro_batches(step), b.micro_batches(step)):
+            assert xa.equal(xb) and ya.equal(yb)
+            assert xa[:, 1:].equal(ya[:, :-1])
+    train_rows = {r for s in range(5) for r in rows(a.micro_batches(s))}
+    val_rows = {tuple(r.tolist()) for x, _ in data.val_batches(c, 2, 3, 0, 1) for r in x}
+    assert val_rows and not train_rows & val_rows
+
+
+def test_builtin_corpus_is_offline_prose():
+    docs = corpus.builtin_documents()
+    first = [next(docs) for _ in range(50)]
+    assert all(len(d) >= 120 for d in first)
+    assert sum(d.count(" ") for d in first) > 1000
