@@ -117,11 +117,13 @@ def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus:
     """Build (on the main rank) or find the tokenizer and token cache, then open them everywhere."""
     tok_path = tokenizer_path(cfg)
     if is_main and not os.path.exists(tok_path):
+        print(f"data: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source} (cached for later runs)", flush=True)
         train_tokenizer(cfg, tok_path)
     barrier()
     sp = load_tokenizer(tok_path)
     tokens_path = os.path.join(_cache_dir(cfg), f"tokens-{_token_cache_key(cfg, tok_path)}.bin")
     if is_main and not os.path.exists(tokens_path + ".json"):
+        print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs)", flush=True)
         tokenize_corpus(cfg, sp, tokens_path)
     barrier()
     with open(tokens_path + ".json") as f:
