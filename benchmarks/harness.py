@@ -81,7 +81,7 @@ def train_step(b: Built, tokens: torch.Tensor) -> float:
     loss.backward()
     b.optimizer.step()
     b.optimizer.zero_grad(set_to_none=False)  # keep the gradient buffers: they are part of the memory
-    return float(loss)
+    return float(loss.detach())
 
 
 def trim_and_reset_peak() -> None:
