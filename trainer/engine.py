@@ -92,9 +92,32 @@ class Ops:
 
     def reset_optimizer_state(self, params: list[nn.Parameter]) -> None:
         if self.engine.zero_optimization_stage() > 0:
-            raise NotImplementedError("resetting per-parameter optimizer state needs train.zero_stage=0")
+            self._reset_zero_partition_slices(params)
+            return
         for p in params:
             self.optimizer.state.pop(p, None)
+
+    def _reset_zero_partition_slices(self, params: list[nn.Parameter]) -> None:
+        """ZeRO-1/2: the client optimizer steps one flat fp32 partition per group, so zero the slices of
+        its state that hold these parameters. Each model parameter is a view into the group's flat
+        buffer, so its offset is a pointer difference. The partition's shared step count is kept."""
+        zero_opt, wanted = self.engine.optimizer, {id(p) for p in params}
+        for i, flat in enumerate(zero_opt.bit16_groups_flat):
+            fp32 = zero_opt.single_partition_of_fp32_groups[i]
+            state = self.optimizer.state.get(fp32, {})
+            moments = [v for v in state.values() if torch.is_tensor(v) and v.shape == fp32.shape]
+            if not moments:
+                continue
+            part = zero_opt.parallel_partitioned_bit16_groups[i][dist.get_rank(group=zero_opt.real_dp_process_group[i])]
+            size = flat.element_size()
+            start = (part.data_ptr() - flat.data_ptr()) // size
+            for p in zero_opt.bit16_groups[i]:
+                if id(p) not in wanted:
+                    continue
+                offset = (p.data_ptr() - flat.data_ptr()) // size
+                lo, hi = max(offset, start), min(offset + p.numel(), start + part.numel())
+                for m in moments if lo < hi else ():
+                    m[lo - start:hi - start].zero_()
 
     def params_changed(self, params: list[nn.Parameter]) -> None:
         zero_opt = self.engine.optimizer
@@ -167,7 +190,10 @@ class Engine:
         self.ds.save_checkpoint(directory, tag="engine", client_state=client_state, save_latest=False)
 
     def load(self, directory: str) -> dict:
-        path, client_state = self.ds.load_checkpoint(directory, tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False)
+        # An optimizer that shards its own state reloads each rank's shard itself (Trainer.maybe_resume).
+        sharded = getattr(self.client_optimizer, "state_is_sharded", False)
+        path, client_state = self.ds.load_checkpoint(directory, tag="engine", load_optimizer_states=not sharded,
+                                                     load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"checkpoint {directory} has no engine state")
         return client_state

@@ -1,0 +1,199 @@
+"""Render docs/RESULTS.md from benchmarks/results/*.json (written by the benchmark scripts).
+
+Every number in the report comes from a JSON a script wrote in a run here; a figure whose JSON is
+missing is shown as "not yet measured", never estimated.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+DOC = ROOT / "docs" / "RESULTS.md"
+NOT_MEASURED = "not yet measured"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(x, spec=".3f") -> str:
+    return NOT_MEASURED if x is None else format(x, spec)
+
+
+def verdict(value, ok) -> str:
+    return NOT_MEASURED if value is None else ("**met**" if ok(value) else "**not met**")
+
+
+def machine() -> str:
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads available, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+# --- sections --------------------------------------------------------------------------------------
+def memory_row(mem, size, p, o):
+    if mem is None:
+        return None
+    return next((r for r in mem["rows"] if r["size"] == size and r["param"] == p and r["optim"] == o and "error" not in r), None)
+
+
+def memory_section(mem) -> str:
+    if mem is None:
+        return f"Memory: {NOT_MEASURED}.\n"
+    mb = 2**20
+    lines = ["| size | param | optim | weights MB | grads MB | optimizer MB | state vs full | grads+optim vs full | peak step MB | peak vs full |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in mem["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['param']} | {r['optim']} | refused: {r['error'].replace('|', '/')[:120]} ||||||| ")
+            continue
+        peak = f"{r['peak_step_rss'] / mb:.0f}" if "peak_step_rss" in r else "-"
+        lines.append(f"| {r['size']} | {r['param']} | {r['optim']} | {r['weights'] / mb:.1f} | {r['grads'] / mb:.1f} | "
+                     f"{r['optim_state'] / mb:.1f} | {fmt(r.get('model_state_ratio'))} | {fmt(r.get('grad_optim_ratio'))} | "
+                     f"{peak} | {fmt(r.get('peak_step_ratio')) if 'peak_step_ratio' in r else '-'} |")
+    return (f"Measured from the tensors after two optimizer steps (fp32, vocab 32000, batch {mem['batch']} x {mem['seq_len']}); "
+            "\"state\" = trainable parameters + gradients + optimizer state. Peak step memory: the process's peak "
+            "resident memory during one training step minus its memory before the model was built. "
+            f"`{mem['command']}`, {mem['date']}.\n\n" + "\n".join(lines) + "\n\n![memory](../benchmarks/results/memory.png)\n")
+
+
+def speed_section(speed) -> str:
+    if speed is None:
+        return f"Speed: {NOT_MEASURED}.\n"
+    lines = ["| combination | ms / step | tokens / s | speed vs full-rank AdamW |", "|---|---|---|---|"]
+    lines += [f"| {r['combo']} | {r['step_s'] * 1000:.0f} | {r['tokens_per_s']:.0f} | {r['speed_ratio']:.3f} |" for r in speed["rows"]]
+    lines += [f"| {k} | refused: {v[:100]} | | |" for k, v in speed.get("not_supported", {}).items()]
+    return (f"{speed['size']} model, batch {speed['batch']} x {speed['seq_len']}, {speed['threads']} thread(s); steps timed "
+            f"interleaved (medians). `{speed['command']}`, {speed['date']}.\n\n" + "\n".join(lines) + "\n")
+
+
+def quality_section(q) -> str:
+    if q is None:
+        return f"Quality: {NOT_MEASURED}.\n"
+    ref = q["results"][0]["final_val_loss"]
+    lines = ["| run | overrides | trainable params | first val loss | final val loss | final ppl | loss vs full | tokens/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in q["results"]:
+        lines.append(f"| {r['label']} | `{r['overrides']}` | {r['params_trainable'] or 0:,} | {r['first_val_loss']:.3f} | "
+                     f"{r['final_val_loss']:.4f} | {2.718281828 ** r['final_val_loss']:.1f} | {r['final_val_loss'] / ref:.4f} | "
+                     f"{r['tokens_per_s_median'] or 0:.0f} |")
+    return (f"Same seed, data and token budget for every run. `{q['command']}`, {q['date']}. Settings: "
+            f"`{' '.join(s for s in q['settings'] if not s.startswith('run.out_dir'))}`.\n\n" + "\n".join(lines)
+            + "\n\n![loss curves](../benchmarks/results/quality_suite.png)\n")
+
+
+def dct_section(d) -> str:
+    if d is None:
+        return f"DCT vs galore-torch: {NOT_MEASURED}.\n"
+    lines = ["| optimizer | refresh step ms | steady step ms | state MB |", "|---|---|---|---|"]
+    for name, r in d["rows"].items():
+        lines.append(f"| {name} | {fmt(r.get('refresh_ms_median'), '.1f')} | {fmt(r.get('steady_ms_median'), '.1f')} | "
+                     f"{fmt(r['state_bytes'] / 2**20 if r.get('state_bytes') is not None else None, '.1f')} |")
+    ratios = d.get("ratios", {})
+    extra = "".join(f"- {k}: {v:.3f}\n" for k, v in ratios.items() if isinstance(v, (int, float)))
+    return (f"{d.get('num_matrices')} matrices of the {d['size']} model, rank {d['rank']}, {d['threads']} thread(s). "
+            f"`python {d['command']}`, {d['date']}.\n\n" + "\n".join(lines) + "\n\n" + extra)
+
+
+def flag_section(cost, robust) -> str:
+    out = []
+    if cost is None:
+        out.append(f"Aggregation cost: {NOT_MEASURED}.\n")
+    else:
+        out.append(f"Aggregation cost (`python {cost.get('command', 'benchmarks/flag_cost.py')}`):\n\n```\n{cost.get('table', json.dumps(cost.get('rows', cost), indent=1)[:3000])}\n```\n")
+    if robust is None:
+        out.append(f"Robustness: {NOT_MEASURED} (run `python benchmarks/flag_robustness.py`).\n")
+    else:
+        out.append(f"Robustness (`{robust.get('command', 'python benchmarks/flag_robustness.py')}`):\n\n```\n{robust.get('table', '')}\n```\n")
+    return "\n".join(out)
+
+
+# --- targets ---------------------------------------------------------------------------------------
+def targets(mem, q, d) -> str:
+    sl = memory_row(mem, "130m", "sltrain", "adamw")
+    sst = memory_row(mem, "130m", "sst", "adamw")
+    ratios = (d or {}).get("ratios", {})
+    rows = [
+        ("SLTrain model-state memory <= 0.75x full rank (130m)", sl and sl.get("model_state_ratio"), lambda v: v <= 0.75),
+        ("DCT optimizer state <= 0.7x galore-torch's (130m, r 256)", ratios.get("state_bytes_dct_over_galore"), lambda v: v <= 0.7),
+        ("DCT refresh >= 10x faster than galore-torch's (time ratio <= 0.1)", ratios.get("refresh_dct_over_galore"), lambda v: v <= 0.1),
+        ("SST gradient + optimizer memory <= 0.5x full rank (130m, r 64)", sst and sst.get("grad_optim_ratio"), lambda v: v <= 0.5),
+    ]
+    lines = ["| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {name} | {fmt(v)} | {verdict(v, ok)} |" for name, v, ok in rows]
+    if q is not None:
+        ref = q["results"][0]["final_val_loss"]
+        for r in q["results"][1:]:
+            v = r["final_val_loss"] / ref
+            lines.append(f"| {r['label']} final loss within 5% of full rank (CPU quality run) | {v:.4f} | {verdict(v, lambda x: x <= 1.05)} |")
+    else:
+        lines.append(f"| each strategy's final loss within 5% of full rank | {NOT_MEASURED} | {NOT_MEASURED} |")
+    for name in ("full-rank 1b MFU >= 40% (GPU)", "SLTrain throughput >= 0.9x full rank (GPU, 350m bf16)",
+                 "DCT throughput >= 0.9x full rank (GPU, 350m bf16)"):
+        gpu = load("gpu")
+        lines.append(f"| {name} | {NOT_MEASURED if gpu is None else 'see GPU section'} | {NOT_MEASURED if gpu is None else 'see GPU section'} |")
+    return "\n".join(lines) + "\n"
+
+
+PAPERS = """These are the papers' numbers (shared/METHODS.md), not ours; their setting (C4 or OpenWebText,
+thousands of steps, GPUs, bf16) differs from our CPU runs, so compare ratios, not values.
+
+| source | setting | full rank | method |
+|---|---|---|---|
+| GaLore paper, Table 2 | C4 ppl / memory estimate, 130M | 25.08 / 0.76G | GaLore 25.36 / 0.52G |
+| SLTrain paper | C4 ppl / params / memory estimate, 130M | 24.36 / 134M / 0.81G | SLTrain 26.04 / 97M / 0.60G |
+| SST paper | OpenWebText ppl, LLaMA-130M r64 | 20.04 | SST 23.35 (LoRA 29.71) |
+| DCT paper | C4 ppl / memory, 800M, 100 tokens/param | 11.73 / 73.7 GiB | DCT-AdamW 13.69 / 57.8 GiB |
+| METHODS.md, measured on a CPU | galore-torch, 130M blocks, r 256 | AdamW step 142 ms, 648 MiB | GaLore steady 348 ms, refresh 8.8 s, 216 MiB |
+"""
+
+
+def write_report() -> Path:
+    mem, speed, q, d = load("memory"), load("speed"), load("quality_suite"), load("dct_vs_galore")
+    cost, robust, gpu = load("flag_cost"), load("flag_robustness"), load("gpu")
+    gpu_text = (f"GPU figures (350m and 1b in bf16, MFU of full-rank 1b, the largest model each strategy fits): {NOT_MEASURED}. "
+                "No GPU was available to the sessions that produced this report; `python benchmarks/gpu.py` measures "
+                "them on a CUDA machine and this section is then regenerated from benchmarks/results/gpu.json.\n"
+                if gpu is None else "```\n" + json.dumps(gpu, indent=1)[:4000] + "\n```\n")
+    text = f"""# Results: memory, speed and quality of every strategy
+
+Regenerate: `python benchmarks/suite.py` (the CPU suite end to end, then this page), or
+`python benchmarks/suite.py --report-only` to re-render from benchmarks/results/*.json.
+Machine: {machine()}, 2 cores shared with other work (figures are medians and ratios measured within one run).
+
+## Targets
+
+{targets(mem, q, d)}
+## Quality (validation loss, wikitext-103 validation text, 20m model)
+
+{quality_section(q)}
+## Memory
+
+{memory_section(mem)}
+## Speed
+
+{speed_section(speed)}
+## DCT low-rank AdamW against galore-torch
+
+{dct_section(d)}
+## Flag aggregation
+
+{flag_section(cost, robust)}
+## GPU
+
+{gpu_text}
+## The papers' numbers
+
+{PAPERS}"""
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
+    return DOC
+
+
+if __name__ == "__main__":
+    print(write_report())
