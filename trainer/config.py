@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,7 +161,9 @@ class Config:
 def run_name(cfg: Config) -> str:
     if cfg.run.name:
         return cfg.run.name
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    from launch.env import slurm_job_id
+
+    job = slurm_job_id()  # an array task gets its own <array job>_<task>; stable across requeues
     return f"slurm-{job}" if job else "default"
 
 
