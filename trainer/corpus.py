@@ -99,9 +99,25 @@ def documents(cfg: DataConfig) -> Iterator[str]:
             yield text
 
 
+def check_hub(cfg: DataConfig) -> None:
+    """A hub name that cannot be resolved (typo, private, or no network) fails here, in seconds."""
+    import datasets
+
+    try:
+        datasets.load_dataset_builder(cfg.source, cfg.hub_config)
+    except Exception as e:  # noqa: BLE001  (datasets raises many kinds; all mean "cannot use this source")
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ValueError(
+            f"data.source={cfg.source!r} is neither a local file nor a loadable Hugging Face dataset ({reason}); "
+            f"give a .txt/.jsonl/.parquet path, 'builtin', or a hub name reachable from this machine"
+        ) from None
+
+
 def check_source(cfg: DataConfig) -> None:
     """Fail fast, before any expensive work, on a source that cannot work."""
     if cfg.source != "builtin" and is_local(cfg.source):
         local_files(cfg.source)
+    elif cfg.source != "builtin":
+        check_hub(cfg)
     if cfg.tokenizer and not os.path.isfile(os.path.expanduser(cfg.tokenizer)):
         raise ValueError(f"data.tokenizer={cfg.tokenizer!r} does not exist; give a sentencepiece .model file or leave it null to train one")

@@ -117,3 +117,13 @@ def test_every_model_size_builds_on_meta(size):
     with torch.device("meta"):
         model = Llama(shape_for(cfg.model.size), vocab_size=32000, max_seq_len=cfg.model.max_seq_len)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_unknown_hub_dataset_fails_fast(tmp_path, monkeypatch):
+    from trainer import corpus
+    from trainer.config import DataConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"data.source='no_such_user/no_such_corpus' is neither a local file nor .*'builtin'") as e:
+        corpus.check_source(DataConfig(source="no_such_user/no_such_corpus"))
+    assert "\n" not in str(e.value)
