@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -27,9 +28,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: 'gpu[07-09,12],cpu1' -> 'gpu07' (what `scontrol show hostnames` gives first)."""
+    match = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist.strip())
+    prefix, ranges = match.group(1), match.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def slurm_job_id(environ: dict[str, str] | None = None) -> str | None:
+    """This Slurm job's id, stable across requeues; an array task is '<array job>_<task>' (Slurm's %A_%a)."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
 def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
     env = os.environ if environ is None else environ
-    job_id = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
+    job_id = slurm_job_id(env)
     if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env):
         return DistEnv(
             rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", 0)), world_size=int(env["WORLD_SIZE"]),
@@ -38,7 +56,7 @@ def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
         )
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
         # srun launching one task per process directly (no torchrun).
-        nodelist = env.get("SLURM_JOB_NODELIST", "127.0.0.1").split(",")[0].split("[")[0]
+        nodelist = first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
         return DistEnv(
             rank=int(env["SLURM_PROCID"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
             world_size=int(env["SLURM_NTASKS"]), master_addr=env.get("MASTER_ADDR", nodelist),

@@ -1,16 +1,21 @@
 """Stop requests: a preemption signal or the run's own time limit.
 
 torchrun forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to its workers, and Slurm can send SIGUSR1 to
-srun's tasks, so those set a flag; the loop agrees on it across ranks at a step boundary,
-saves a checkpoint and exits with EXIT_PREEMPTED, which the Slurm script takes as "requeue me".
+every process of a job step, so those set a flag; the loop agrees on it across ranks at a step
+boundary, saves a checkpoint and exits with EXIT_PREEMPTED, which the Slurm script takes as
+"requeue me". torchrun reports any failed worker as exit code 1, so the code alone does not reach
+the script: where SLIMTRAIN_STOP_MARKER names a file, a process that stopped early also writes
+its reason there (slurm/train.sbatch sets it and requeues when the file appears).
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to continue
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
+STOP_MARKER_ENV = "SLIMTRAIN_STOP_MARKER"
 
 
 class StopRequest:
@@ -24,9 +29,11 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if exc_type is None and self.reason is not None:
+            write_stop_marker(self.reason)
 
     def _handle(self, signum, frame):
         if self.reason is not None and signum == signal.SIGINT:
@@ -37,3 +44,15 @@ class StopRequest:
         if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
             self.reason = "max_time"
         return self.reason is not None
+
+
+def write_stop_marker(reason: str, environ: dict[str, str] | None = None) -> None:
+    """Tell the launcher this process stopped early (with a checkpoint); a no-op outside one that asks."""
+    path = (os.environ if environ is None else environ).get(STOP_MARKER_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "a") as f:
+            f.write(f"{reason} pid={os.getpid()}\n")
+    except OSError:
+        pass  # the exit code still says it; never fail a clean stop over a marker

@@ -1,0 +1,110 @@
+"""Cost of robust aggregation, p = 4 gloo processes on the CPU: time per aggregate() call and bytes sent
+per rank, for `mean` (a plain bucketed all-reduce) against `flag` in its sharded collective form and
+in the all-gather reference form (and the other robust aggregators).
+
+    python benchmarks/flag_cost.py                     # n = the debug model's 166k and 4M coordinates
+    python benchmarks/flag_cost.py --numel 1000000 --repeats 20
+
+Times: per call, the slowest rank's wall time (a barrier first), median over repeats. Bytes: counted
+from the collectives each aggregator issues (ring all-reduce 2(p-1)/p N, all-gather and all-to-all
+(p-1)/p of the gathered size), reported as `agg/bytes_sent`. Writes benchmarks/results/flag_cost.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {  # label -> (registry name, config overrides)
+    "mean": ("mean", {}),
+    "flag sharded": ("flag", {"mode": "sharded"}),
+    "flag allgather": ("flag", {"mode": "allgather"}),
+    "median sharded": ("median", {"mode": "sharded"}),
+    "trimmed_mean sharded": ("trimmed_mean", {"mode": "sharded"}),
+    "multi_krum sharded": ("multi_krum", {"mode": "sharded"}),
+}
+
+
+def measure(rank, world_size, numels, repeats, out_path):
+    import torch.distributed as dist
+
+    import agg  # noqa: F401
+    from trainer.registry import AGG
+    from trainer.strategy import BuildContext
+
+    torch.set_num_threads(1)
+    ctx = BuildContext("debug", rank=rank, world_size=world_size)
+    results = {}
+    for numel in numels:
+        gen = torch.Generator().manual_seed(rank)
+        shapes = [numel // 4, numel // 4, numel - 2 * (numel // 4)]  # a few tensors, like a model's gradients
+        base = [torch.randn(s, generator=gen) for s in shapes]
+        for label, (name, overrides) in VARIANTS.items():
+            cfg = AGG.get(name).config_cls(**overrides)
+            aggregator = AGG.build(name, cfg, ctx)
+            times, sent = [], 0.0
+            for i in range(repeats + 2):
+                grads = [g.clone() for g in base]
+                dist.barrier()
+                start = time.perf_counter()
+                metrics = aggregator.aggregate(grads, step=i)
+                elapsed = torch.tensor([time.perf_counter() - start])
+                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+                if i >= 2:  # two warm-up calls
+                    times.append(float(elapsed))
+                sent = metrics.get("agg/bytes_sent", 0.0)
+            results[f"{numel}/{label}"] = {"numel": numel, "time_s": statistics.median(times), "bytes_sent": sent}
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f)
+
+
+def main() -> None:
+    from tests.helpers import run_distributed
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--numel", type=int, nargs="+", default=[166_208, 4_194_304])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--nproc", type=int, default=4)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flag_cost.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tmp = Path(tempfile.mkdtemp(prefix="flag-cost-")) / "raw.json"
+    run_distributed(measure, args.nproc, args.numel, args.repeats, str(tmp))
+    results = json.loads(tmp.read_text())
+
+    lines = [f"p = {args.nproc} processes (gloo, CPU), median of {args.repeats} calls",
+             f"{'n':>9} {'aggregator':<22} {'time ms':>9} {'x mean':>7} {'MB sent/rank':>13} {'x mean':>7}"]
+    ratios = {}
+    for numel in args.numel:
+        mean = results[f"{numel}/mean"]
+        for label in VARIANTS:
+            r = results[f"{numel}/{label}"]
+            lines.append(f"{numel:>9} {label:<22} {1e3 * r['time_s']:9.2f} {r['time_s'] / mean['time_s']:7.2f} "
+                         f"{r['bytes_sent'] / 2**20:13.3f} {r['bytes_sent'] / max(1.0, mean['bytes_sent']):7.2f}")
+        sharded, gathered = results[f"{numel}/flag sharded"], results[f"{numel}/flag allgather"]
+        ratios[numel] = {"flag_time_over_mean": sharded["time_s"] / mean["time_s"],
+                         "allgather_bytes_over_sharded": gathered["bytes_sent"] / sharded["bytes_sent"],
+                         "allgather_time_over_sharded": gathered["time_s"] / sharded["time_s"]}
+        lines.append(f"{'':>9} ratios: flag(sharded)/mean time {ratios[numel]['flag_time_over_mean']:.2f}x; "
+                     f"all-gather/sharded bytes {ratios[numel]['allgather_bytes_over_sharded']:.2f}x "
+                     f"(counted; (p-1)n vs 2(p-1)n/p = p/2), time {ratios[numel]['allgather_time_over_sharded']:.2f}x")
+    print("\n".join(lines))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"args": vars(args), "results": results, "ratios": ratios, "table": lines}, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

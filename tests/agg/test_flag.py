@@ -1,0 +1,97 @@
+"""Flag: the Gram-only IRLS equals an explicit SVD-based IRLS; fault handling; exact resume with agg=flag."""
+import math
+
+import pytest
+import torch
+
+from agg.flag import FlagAggregator, FlagConfig, flag_coefficients
+from tests.agg.reference import flag_svd
+from tests.helpers import losses_by_step, metrics, run_train
+from trainer.strategy import BuildContext
+
+
+def workers(n=400, p=7, seed=0, byzantine=(2,)):
+    """(n, p) float64: correlated honest gradients, the listed columns sign-flipped x -10."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, p, generator=gen, dtype=torch.float64) + 2 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    for b in byzantine:
+        g[:, b] *= -10
+    return g
+
+
+def flag(p, **cfg):
+    return FlagAggregator(FlagConfig(mode="allgather", **cfg), BuildContext("debug", world_size=p))
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+@pytest.mark.parametrize("m", [0, 1, 3, 7])
+def test_gram_flag_equals_svd_irls(m, lam, normalized):
+    g = workers(seed=m)
+    ref = flag_svd(g, m=m, lam=lam, normalized=normalized)
+    out, _ = flag(7, m=m, lam=lam, normalized=normalized).aggregate_matrix(g.T.contiguous())
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 2])
+def test_iteration_budget_matches_reference(iterations):
+    g = workers(p=5, seed=3)
+    ref = flag_svd(g, iterations=iterations)
+    out, metrics = flag(5, iterations=iterations).aggregate_matrix(g.T.contiguous())
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-8)
+    assert metrics["agg/flag_iterations"] <= iterations
+
+
+def test_identical_gradients_return_that_gradient():
+    g = torch.randn(1000, dtype=torch.float64)
+    out, metrics = flag(4).aggregate_matrix(g.repeat(4, 1))
+    assert torch.allclose(out, g, atol=1e-10)
+    assert all(metrics[f"agg/weight_rank{i}"] == pytest.approx(1.0) for i in range(4))
+    unit, _ = flag(4, normalized=True).aggregate_matrix(g.repeat(4, 1))  # normalized keeps only the direction
+    assert torch.allclose(unit, g / g.norm() * 4 / math.ceil(5 / 2), atol=1e-10)
+
+
+def test_outlier_off_the_honest_span_is_ignored_by_a_one_dimensional_flag():
+    """A random vector (as the gaussian attack sends) lies off the honest cluster: with m = 1 its weight
+    is ~0. (With the default m = ceil((p+1)/2) the spare dimensions may take it in: see docs/flag.md.)"""
+    g = workers(n=2000, p=5, byzantine=())
+    g[:, 4] = 50 * torch.randn(2000, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    out, metrics = flag(5, m=1).aggregate_matrix(g.T.contiguous())
+    assert metrics["agg/weight_rank4"] < 0.05 and min(metrics[f"agg/weight_rank{i}"] for i in range(4)) > 0.5
+    honest = g[:, :4].mean(dim=1)
+    assert torch.nn.functional.cosine_similarity(out, honest, dim=0) > 0.99
+
+
+def test_nan_worker_is_dropped_not_propagated():
+    g = workers(p=5, byzantine=())
+    bad = g.T.contiguous()
+    bad[1, 17] = float("nan")
+    bad[3, 0] = float("inf")
+    out, metrics = flag(5).aggregate_matrix(bad)
+    assert torch.isfinite(out).all() and metrics["agg/faulty_workers"] == 2
+    assert metrics["agg/weight_rank1"] == 0 and metrics["agg/coef_rank3"] == 0
+    ref = flag_svd(g[:, [0, 2, 4]])
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-8)
+
+
+def test_zero_gradient_worker_contributes_nothing():
+    g = workers(p=4, byzantine=())
+    g[:, 1] = 0
+    out, metrics = flag(4).aggregate_matrix(g.T.contiguous())
+    assert torch.isfinite(out).all() and metrics["agg/coef_rank1"] == 0
+
+
+RESUME = ["agg=flag", "train.steps=8", "train.save_every=4", "train.keep_last=3", "train.eval_every=8"]
+
+
+def test_exact_resume_with_flag(tmp_path):
+    straight = tmp_path / "straight"
+    run_train(straight, RESUME, nproc=2)
+    records = metrics(straight)
+    assert any("agg/weight_rank1" in r for r in records)
+    first = run_train(tmp_path, [*RESUME, "train.stop_at=4"], nproc=2, check=False)  # a preemption at step 4
+    assert first.returncode != 0 and max(losses_by_step(metrics(tmp_path))) == 4, first.stderr[-3000:]
+    assert (tmp_path / "runs" / "run" / "checkpoints" / "step_0000004").is_dir()
+    second = run_train(tmp_path, RESUME, nproc=2)
+    assert "resumed from" in second.stdout
+    assert losses_by_step(metrics(tmp_path)) == losses_by_step(records)  # float equality: bitwise

@@ -1,0 +1,311 @@
+"""SST: the spectral layer against dense U diag(sigma) V^T, swaps and re-SVDs that keep W, exact resume."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from models import Llama, projection_modules, shape_for
+from param.sst import SST, SSTConfig, SpectralLinear, sample_columns, spectral_weight, svd_factors
+from tests.helpers import losses_by_step, metrics, run_distributed, run_train
+from trainer.strategy import BuildContext
+
+
+def debug_model(seed: int = 0) -> Llama:
+    torch.manual_seed(seed)
+    return Llama(shape_for("debug"), vocab_size=128, max_seq_len=32)
+
+
+def converted(rank: int = 8, **overrides) -> tuple[Llama, Llama, SST]:
+    dense = debug_model()
+    model = copy.deepcopy(dense)
+    sst = SST(SSTConfig(rank=rank, **overrides), BuildContext(model_size="debug"))
+    sst.convert(model)
+    return dense, model, sst
+
+
+class RecordingOps:
+    """EngineOps for a plain torch optimizer (what the engine does under ZeRO-0)."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.reset, self.changed = optimizer, [], []
+
+    def reset_optimizer_state(self, params):
+        self.reset += params
+        for p in params:
+            self.optimizer.state.pop(p, None)
+
+    def params_changed(self, params):
+        self.changed += params
+
+
+def dense_reference(layer: SpectralLinear) -> torch.Tensor:
+    """U diag(sigma) V^T from the full factors, by the definition."""
+    u, v = layer.full_factors()
+    return u @ torch.diag(layer.sigma.detach()) @ v.T
+
+
+def perturb(layer: SpectralLinear, seed: int = 1) -> None:
+    """Move the factors off their SVD (as training does), keeping sigma >= 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.u_active.add_(0.1 * torch.randn(layer.u_active.shape, generator=g))
+        layer.v_active.add_(0.1 * torch.randn(layer.v_active.shape, generator=g))
+        layer.sigma.mul_(1 + 0.2 * torch.rand(layer.k, generator=g))
+
+
+# --- acceptance 1: function, layer output, swaps, re-SVD, gradients ------------------------------------
+def test_init_logits_equal_dense():
+    dense, model, sst = converted()
+    tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert len(sst.layers) == 2 * 7 and all(isinstance(m, SpectralLinear) for _, _, _, m in projection_modules(model))
+    torch.testing.assert_close(model(tokens), dense(tokens), atol=1e-5, rtol=0)
+
+
+def test_layer_output_is_u_sigma_vt_x():
+    _, _, sst = converted()
+    layer = sst.layers[4][1]  # gate_proj: 176 x 64, k = 64
+    perturb(layer)
+    x = torch.randn(3, 5, layer.in_features)
+    torch.testing.assert_close(layer(x), x @ dense_reference(layer).T, atol=1e-5, rtol=1e-5)
+
+
+def test_only_active_columns_and_sigma_train():
+    _, model, sst = converted()
+    layer = sst.layers[0][1]
+    assert [n for n, _ in layer.named_parameters()] == ["u_active", "v_active", "sigma"]
+    assert layer.u_active.shape == (64, 8) and layer.u_frozen.shape == (64, 56)
+    model(torch.randint(0, 128, (2, 8))).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+    assert all(not b.requires_grad and b.grad is None for b in model.buffers())
+
+
+@pytest.mark.parametrize("enhanced", [False, True])
+def test_gradients_match_autograd_reference(enhanced):
+    _, _, sst = converted(enhanced_grad=enhanced, grad_eps=0.05)
+    layer = sst.layers[6][1]  # down_proj: 64 x 176
+    perturb(layer)
+    with torch.no_grad():
+        layer.sigma[layer.active_idx[0]] = 0.01  # below grad_eps: the enhanced scale is sigma / eps there
+    x = torch.randn(2, 7, layer.in_features, requires_grad=True)
+    dy = torch.randn(2, 7, layer.out_features)
+    (layer(x) * dy).sum().backward()
+
+    u_a, v_a, sigma = (t.detach().clone().requires_grad_() for t in (layer.u_active, layer.v_active, layer.sigma))
+    x_ref = x.detach().clone().requires_grad_()
+    w = spectral_weight(u_a, v_a, sigma, layer.u_frozen, layer.v_frozen, layer.active_idx, layer.frozen_idx)
+    ((x_ref @ w.T) * dy).sum().backward()
+    s_a = sigma.detach()[layer.active_idx]
+    scale = 1 / s_a.clamp_min(0.05) if enhanced else torch.ones_like(s_a)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.sigma.grad, sigma.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.u_active.grad, u_a.grad * scale, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.v_active.grad, v_a.grad * scale, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_bf16_autocast_matches_dense_and_keeps_fp32_grads(device):
+    dense, model, _ = converted()
+    dense, model = dense.to(device), model.to(device)
+    tokens = torch.randint(0, 128, (2, 16), device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        ours, ref = model(tokens), dense(tokens)
+    torch.testing.assert_close(ours.float(), ref.float(), atol=0.05, rtol=0)
+    ours.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_swap_keeps_matrix_and_parameter_identity():
+    _, model, sst = converted(resvd_every=1000)
+    layer = sst.layers[0][1]
+    perturb(layer)
+    active_before = layer.active_idx.clone()
+    ids = [id(p) for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 128, (2, 8))).sum().backward()
+    optimizer.step()
+    ops = RecordingOps(optimizer)
+    with torch.no_grad():
+        after_step = dense_reference(layer)
+    layer.after_step = lambda: None  # isolate the swap from the post-step normalisation
+    sst.cfg.update_every = 1
+    sst.on_step_end(1, ops)
+    torch.testing.assert_close(layer.dense_weight(), after_step, atol=1e-6, rtol=0)
+    assert not torch.equal(layer.active_idx, active_before)
+    assert [id(p) for p in model.parameters()] == ids
+    assert layer.u_active not in optimizer.state and layer.v_active not in optimizer.state
+    assert layer.sigma in optimizer.state  # sigma's state survives a plain resample
+    assert set(map(id, ops.reset)) == {id(p) for _, l in sst.layers for p in (l.u_active, l.v_active)}
+
+
+def test_resvd_keeps_matrix_and_orthonormalises():
+    _, _, sst = converted(resvd_every=1)
+    layer = sst.layers[0][1]
+    perturb(layer)
+    before = dense_reference(layer)
+    reset = sst.resample()
+    u, v = layer.full_factors()
+    eye = torch.eye(layer.k)
+    torch.testing.assert_close(layer.dense_weight(), before, atol=1e-6, rtol=0)
+    torch.testing.assert_close(u.T @ u, eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(v.T @ v, eye, atol=1e-5, rtol=0)
+    assert torch.all(layer.sigma[:-1] >= layer.sigma[1:])  # positions are sorted by sigma again
+    assert any(p is layer.sigma for p in reset) and sst.num_resvds == 1
+
+
+def test_schedule_counts_resamples_and_resvds():
+    _, model, sst = converted(rank=16, update_every=3)  # k = 64: T2 = ceil(64 / 16) = 4
+    ops = RecordingOps(torch.optim.AdamW(model.parameters()))
+    for step in range(1, 25):
+        sst.on_step_end(step, ops)
+    assert (sst.num_resamples, sst.num_resvds) == (8, 2)
+    assert len(ops.changed) == 24 * 3 * 14
+
+
+def test_after_step_clamps_sigma_and_normalises_active_columns():
+    _, _, sst = converted()
+    layer = sst.layers[2][1]
+    perturb(layer)
+    with torch.no_grad():
+        layer.sigma[:3] = -1.0
+    frozen = layer.u_frozen.clone()
+    layer.after_step()
+    assert layer.sigma.min() >= 0
+    torch.testing.assert_close(layer.u_active.norm(dim=0), torch.ones(layer.r))
+    torch.testing.assert_close(layer.v_active.norm(dim=0), torch.ones(layer.r))
+    assert torch.equal(layer.u_frozen, frozen)
+
+
+def test_sampler_distribution_and_determinism():
+    sigma = torch.tensor([4.0, 2.0, 1.0, 1.0, 0.0])
+    draws = torch.stack([sample_columns(sigma, 1, 0.5, g) for g in [torch.Generator().manual_seed(0)] for _ in range(20000)])
+    expected = 0.5 / 5 + 0.5 * sigma / sigma.sum()
+    observed = torch.bincount(draws.flatten(), minlength=5).double() / draws.numel()
+    torch.testing.assert_close(observed, expected.double(), atol=0.015, rtol=0)
+    a = sample_columns(sigma, 3, 0.5, torch.Generator().manual_seed(7))
+    b = sample_columns(sigma, 3, 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.unique().numel() == 3
+    assert 4 not in sample_columns(sigma, 4, 0.0, torch.Generator().manual_seed(1)).tolist()  # arXiv: p ~ sigma
+
+
+def test_lr_rewarm():
+    _, _, sst = converted(update_every=10, rewarm_steps=4)
+    assert [sst.lr_factor(s) for s in (1, 10, 11, 12, 14, 15, 20, 21)] == [1, 1, 0.25, 0.5, 1, 1, 1, 0.25]
+
+
+def test_export_dense_loads_into_plain_llama():
+    dense, model, sst = converted()
+    for _, layer in sst.layers:
+        perturb(layer)
+    fresh = debug_model(seed=1)
+    fresh.load_state_dict(sst.export_dense(model))
+    tokens = torch.randint(0, 128, (2, 16))
+    torch.testing.assert_close(fresh(tokens), model(tokens), atol=1e-5, rtol=0)
+
+
+def test_state_dict_round_trip_restores_sampler():
+    _, _, a = converted()
+    a.resample()
+    _, _, b = converted()
+    b.load_state_dict(a.state_dict())
+    assert (b.num_resamples, b.num_resvds) == (a.num_resamples, a.num_resvds)
+    sigma = torch.rand(64)
+    assert torch.equal(sample_columns(sigma, 8, 0.5, a.generator), sample_columns(sigma, 8, 0.5, b.generator))
+
+
+def test_bad_config_is_one_line():
+    with pytest.raises(ValueError, match=r"^param.uniform_mix=2.0: must be in \[0, 1\]$"):
+        SSTConfig(uniform_mix=2.0)
+    with pytest.raises(ValueError, match=r"^param.rank=0: must be positive$"):
+        SSTConfig(rank=0)
+
+
+def test_svd_factors_sorted():
+    w = torch.randn(6, 4, dtype=torch.float64)
+    u, s, v = svd_factors(w, torch.float64)
+    torch.testing.assert_close(u @ torch.diag(s) @ v.T, w)
+    assert math.isclose(float(s[0]), float(torch.linalg.matrix_norm(w, 2)))
+
+
+# --- ZeRO-1/2: the engine's per-parameter reset on flat partitions ---------------------------------------
+def _zero_reset_worker(rank, world_size, stages):
+    for stage in stages:  # one process pair for both stages: DeepSpeed's ZeRO imports cost ~10 s a process
+        _zero_reset_check(rank, world_size, stage)
+
+
+def _zero_reset_check(rank, world_size, stage):
+    import os
+
+    import deepspeed
+
+    os.environ["LOCAL_RANK"] = str(rank)
+
+    from trainer.engine import Ops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 5, bias=False), nn.Linear(5, 3), nn.Linear(3, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    config = {"train_batch_size": 2 * world_size, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage}}
+    ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
+    loss = ds(torch.randn(2, 7)).square().sum()
+    ds.backward(loss)
+    ds.step()
+    zero_opt = ds.optimizer
+    fp32 = zero_opt.single_partition_of_fp32_groups[0]
+    state = optimizer.state[fp32]
+    moments = {k: state[k].clone() for k in ("exp_avg", "exp_avg_sq")}
+    target = model[1].weight  # 15 elements: straddles the two ranks' partitions
+    Ops(ds, optimizer).reset_optimizer_state([target])
+    # Oracle: mark the target with NaN and let DeepSpeed copy model weights into the fp32 partition.
+    with torch.no_grad():
+        saved = target.detach().clone()
+        target.fill_(float("nan"))
+        zero_opt._restore_from_bit16_weights()
+        mine = torch.isnan(fp32)
+        target.copy_(saved)
+        zero_opt._restore_from_bit16_weights()
+    for key, before in moments.items():
+        after = state[key]
+        assert bool((before[mine] != 0).all()) and bool((after[mine] == 0).all()), (rank, key)
+        assert torch.equal(after[~mine], before[~mine]), (rank, key)
+    counts = torch.tensor([int(mine.sum())])
+    torch.distributed.all_reduce(counts)
+    assert int(counts) == target.numel()
+
+
+@pytest.mark.slow
+def test_zero_reset_zeroes_exactly_the_parameter_slices():
+    run_distributed(_zero_reset_worker, 2, (1, 2))
+
+
+# --- acceptance 5: exact resume across a resample and a re-SVD, 2 processes -------------------------------
+SST_RUN = ["param=sst", "param.rank=8", "param.update_every=2", "param.resvd_every=2", "param.rewarm_steps=2",
+           "train.steps=8", "train.save_every=5", "train.keep_last=3", "train.eval_every=4"]
+
+
+def model_states(run_dir: Path) -> dict:
+    states = torch.load(run_dir / "checkpoints" / "step_0000008" / "engine" / "mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)
+    return states["module"]
+
+
+@pytest.mark.slow
+def test_two_process_resume_is_bitwise_exact(tmp_path):
+    # Resamples after steps 2, 4, 6, 8; re-SVDs after 4 and 8; the resumed run starts from step 5.
+    # ZeRO-1: also covers the fp32 master partitions and the engine's per-slice state reset.
+    zero = ["train.zero_stage=1"]
+    run_train(tmp_path, SST_RUN + zero, nproc=2, name="straight")
+    stop = tmp_path / "runs" / "straight" / "checkpoints" / "step_0000005"
+    run_train(tmp_path, SST_RUN + zero + [f"train.resume={stop}"], nproc=2, name="resumed")
+    straight, resumed = losses_by_step(metrics(tmp_path, "straight")), losses_by_step(metrics(tmp_path, "resumed"))
+    assert sorted(resumed) == [6, 7, 8]
+    assert {s: straight[s] for s in resumed} == resumed
+    a, b = model_states(tmp_path / "runs" / "straight"), model_states(tmp_path / "runs" / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["layers.0.attn.q_proj.active_idx"], torch.arange(8))
