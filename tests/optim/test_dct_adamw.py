@@ -90,7 +90,8 @@ def test_two_process_sharding_matches_unsharded_halves_state_and_resumes_bitwise
     per_rank = [_state_bytes(final, r)[0] for r in (0, 1)]
     assert sum(per_rank) == total
     assert all(0.4 * total <= b <= 0.6 * total for b in per_rank), (per_rank, total)
-    assert next(r["mem/optim_state_bytes"] for r in sharded if "mem/optim_state_bytes" in r) == per_rank[0]
+    logged = next(r for r in sharded if "mem/optim_state_bytes" in r)
+    assert logged["mem/optim_state_bytes"] == per_rank[0] and logged["mem/optim_state_bytes_max_rank"] == max(per_rank)
 
     # Resume from step 4: the same losses and bitwise the same optimizer state at step 8.
     saved = tmp_path / "step8"
