@@ -65,9 +65,19 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def state_tensors(value) -> list[torch.Tensor]:
+    """Tensors in an optimizer-state entry, including those inside helper objects (galore-torch keeps its
+    projection matrix in a projector object, which a plain tensor count would miss)."""
+    if torch.is_tensor(value):
+        return [value]
+    if hasattr(value, "__dict__"):
+        return [v for v in vars(value).values() if torch.is_tensor(v)]
+    return []
+
+
 def state_bytes(b: Built) -> dict:
     """Bytes held by weights (parameters + buffers), gradients and optimizer state, from the tensors."""
-    opt_state = [v for s in b.optimizer.state.values() for v in s.values() if torch.is_tensor(v)] if b.optimizer else []
+    opt_state = [t for s in b.optimizer.state.values() for v in s.values() for t in state_tensors(v)] if b.optimizer else []
     return {
         "weights": tensor_bytes(list(b.model.parameters()) + list(b.model.buffers())),
         "trainable": tensor_bytes(p for p in b.model.parameters() if p.requires_grad),
