@@ -85,6 +85,8 @@ class Exchange:
         self.mode, self.bucket_numel, self.group = mode, bucket_numel, group
         self.p, self.rank = world_size, rank
         self.bytes_sent = 0
+        self.ranges: list[tuple[int, int]] = []  # the buckets of the last scatter
+        self.valid: list[int] = []  # per bucket, how many of this rank's shard coordinates are real (not padding)
 
     @property
     def sharded(self) -> bool:
@@ -135,13 +137,15 @@ class Exchange:
 
 # --- the common aggregate() -----------------------------------------------------------------------
 def worker_stats(rows: list[torch.Tensor], p: int, with_gram: bool) -> torch.Tensor:
-    """[non-finite count per worker (p), then the p x p Gram row-major if asked], float64, this shard's part."""
+    """[per worker, the number of buckets holding a NaN/Inf (p), then the p x p Gram row-major if asked],
+    float64, this shard's part. A NaN/Inf anywhere in a row makes the row's sum non-finite (cheaper than
+    isfinite on every value); a faulty row's Gram entries are NaN and masked out by the caller."""
     stats = torch.zeros(p + (p * p if with_gram else 0), dtype=torch.float64, device=rows[0].device if rows else None)
     for r in rows:
-        stats[:p] += (~torch.isfinite(r)).sum(dim=1).double()
+        stats[:p] += (~torch.isfinite(r.sum(dim=1))).double()
         if with_gram:
-            clean = torch.nan_to_num(r.double(), nan=0.0, posinf=0.0, neginf=0.0)  # faulty rows are dropped later
-            stats[p:] += (clean @ clean.T).reshape(-1)
+            r64 = r.double()
+            stats[p:] += (r64 @ r64.T).reshape(-1)
     return stats
 
 

@@ -102,7 +102,7 @@ def main() -> None:
     print("\n".join(lines))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "results": results, "ratios": ratios, "table": lines}, f, indent=1)
+        json.dump({"args": {**vars(args), "out": os.path.relpath(args.out, ROOT)}, "results": results, "ratios": ratios, "table": lines}, f, indent=1)
     print(f"wrote {args.out}")
 
 

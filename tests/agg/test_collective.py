@@ -1,5 +1,6 @@
 """Every aggregator across 4 gloo processes: the sharded collective form equals the all-gather reference,
 both equal the dense oracle of tests/agg/reference.py, NaN workers are dropped, and bytes are as counted."""
+import pytest
 import torch
 
 from tests.agg import reference
@@ -71,6 +72,7 @@ def check_case(rank, world_size, nan_rank):
             assert torch.allclose(outs["sharded"], outs["allgather"], rtol=1e-5, atol=1e-6), (name, overrides)
 
 
+@pytest.mark.slow
 def test_sharded_equals_allgather_equals_dense_oracle():
     """One spawn of 4 processes checks every case: clean, then rank 2 sending a NaN."""
     run_distributed(check_all, P)

@@ -84,6 +84,7 @@ def test_zero_gradient_worker_contributes_nothing():
 RESUME = ["agg=flag", "train.steps=8", "train.save_every=4", "train.keep_last=3", "train.eval_every=8"]
 
 
+@pytest.mark.slow
 def test_exact_resume_with_flag(tmp_path):
     straight = tmp_path / "straight"
     run_train(straight, RESUME, nproc=2)

@@ -59,6 +59,7 @@ def check_attacks(rank, world_size):
             assert torch.equal(torch.cat([g.reshape(-1) for g in again.seen]), seen)
 
 
+@pytest.mark.slow
 def test_each_attack_sends_its_vector():
     run_distributed(check_attacks, P)
 
@@ -88,6 +89,7 @@ def final_val_loss(tmp_path, name):
     return [r["val/loss"] for r in metrics(tmp_path, name) if "val/loss" in r][-1]
 
 
+@pytest.mark.slow
 def test_nan_worker_breaks_mean_but_not_flag(tmp_path):
     faults = ["faults.byzantine_ranks=[1]", "faults.attack=nan", "train.steps=4", "train.eval_every=4"]
     run_train(tmp_path, ["agg=mean", *faults], nproc=2, name="mean")
