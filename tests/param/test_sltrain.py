@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from models import Llama, shape_for
 from param.sltrain import (SIZE_DEFAULTS, LowRankConfig, SLTrain, SLTrainConfig, SparseLowRankLinear,
@@ -193,10 +194,10 @@ def test_per_size_defaults_and_overrides():
 
 @pytest.mark.parametrize("group", ["sltrain", "lowrank"])
 def test_yaml_composes(group):
-    cfg = resolve(__import__("omegaconf").OmegaConf.to_object(compose([f"param={group}", "param.rank=8"])))
+    cfg = resolve(OmegaConf.to_object(compose([f"param={group}", "param.rank=8"])))
     assert cfg.param.name == group and cfg.param.rank == 8 and cfg.param.alpha is None
     with pytest.raises(ValueError, match=r"param.rank=64 is not below the model's hidden size 64"):
-        resolve(__import__("omegaconf").OmegaConf.to_object(compose([f"param={group}", "param.rank=64"])))
+        resolve(OmegaConf.to_object(compose([f"param={group}", "param.rank=64"])))
 
 
 def test_lowrank_is_sltrain_without_sparse_part():
