@@ -22,6 +22,7 @@ class TrainState:
 
     step: int = 0  # optimizer steps done; also the data position (batches are a function of it)
     tokens_seen: int = 0
+    first_val_loss: float | None = None  # at step 0, for the closing summary
     strategies: dict = field(default_factory=dict)
 
 
@@ -143,8 +144,10 @@ class Trainer:
         t = self.cfg.train
         if self.state.step == 0:
             first = {**self.parameter_counts(), **self.evaluate()}
+            self.state.first_val_loss = first.get("val/loss")
             self.log.log(0, first)
             self.log.info("step 0: " + " ".join(f"{k} {v:.4g}" for k, v in first.items()))
+        final = None
         with StopRequest(t.max_time) as stop:
             while self.state.step < t.steps:
                 metrics = self.train_step(self.state.step)
@@ -156,6 +159,7 @@ class Trainer:
                 self.log.log(step, metrics)
                 self.log.progress(step, metrics, print_line=step % t.log_every == 0 or "val/loss" in metrics)
                 if "val/loss" in metrics:
+                    final = metrics["val/loss"]
                     self.log.info(f"step {step}: val loss {metrics['val/loss']:.4f} ppl {metrics['val/ppl']:.2f}")
                 stopping = eng.all_reduce_max(stop.requested() or step == t.stop_at) > 0
                 if step % t.save_every == 0 or step == t.steps or stopping:
@@ -163,4 +167,6 @@ class Trainer:
                 if stopping and step < t.steps:
                     self.log.info(f"stopping at step {step} ({stop.reason or ('train.stop_at' if step == t.stop_at else 'a peer rank was asked to stop')}); checkpoint saved")
                     return EXIT_PREEMPTED
+        if final is not None and self.state.first_val_loss is not None:
+            self.log.info(f"done: validation loss {self.state.first_val_loss:.4f} at step 0 -> {final:.4f} at step {self.state.step}")
         return 0
