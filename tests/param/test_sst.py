@@ -226,6 +226,16 @@ def test_bad_config_is_one_line():
         SSTConfig(rank=0)
 
 
+def test_yaml_composes_to_the_dataclass_defaults():
+    import train
+
+    from tests.helpers import compose
+
+    cfg = train.load_config(compose(["param=sst"]))
+    assert cfg.param == SSTConfig()
+    assert train.load_config(compose(["param=sst", "param.rank=8", "param.enhanced_grad=false"])).param.rank == 8
+
+
 def test_svd_factors_sorted():
     w = torch.randn(6, 4, dtype=torch.float64)
     u, s, v = svd_factors(w, torch.float64)
