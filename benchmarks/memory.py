@@ -51,6 +51,17 @@ def run_child(args, size, p, o, peak) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def refusal(p: str, o: str) -> str | None:
+    """The one-line error of a combination the strategies refuse, found cheaply on the debug model."""
+    from harness import build
+
+    try:
+        build("debug", p, o, vocab=256, seq_len=16)
+    except ValueError as e:
+        return f"ValueError: {e}"
+    return None
+
+
 def with_ratios(rows: list[dict]) -> list[dict]:
     ref = {r["size"]: r for r in rows if r["param"] == "full" and r["optim"] == "adamw" and "error" not in r}
     for r in rows:
@@ -118,7 +129,9 @@ def main(argv=None) -> dict:
     for size in args.sizes:
         for p in args.params:
             for o in args.optims:
-                rows.append(run_child(args, size, p, o, peak=size == args.peak_size))
+                refused = refusal(p, o)
+                rows.append({"size": size, "param": p, "optim": o, "error": refused} if refused
+                            else run_child(args, size, p, o, peak=size == args.peak_size))
                 print(f"[memory] {size} {p} {o}: {'error' if 'error' in rows[-1] else 'ok'}", flush=True)
     rows = with_ratios(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -58,12 +58,13 @@ def main(argv=None) -> None:
         if "speed" not in args.skip:
             timings["speed"] = stage("speed", [b + "speed.py", "--size", "20m"])
         if "dct" not in args.skip:
-            timings["dct"] = stage("dct vs galore-torch", [b + "dct_vs_galore.py", "--size", "130m", "--rank", "256"])
+            timings["dct"] = stage("dct vs galore-torch", [b + "dct_vs_galore.py", "--size", "130m", "--rank", "256", "--gap", "4", "--steps", "13"])
         if "flag" not in args.skip:
             timings["flag"] = stage("flag cost", [b + "flag_cost.py"])
         if "quality" not in args.skip:
             runs = [x for pair in QUALITY_RUNS for x in pair]
-            timings["quality"] = stage("quality", [b + "quality.py", "--out", "suite", "--steps", str(args.quality_steps), "--", *runs])
+            timings["quality"] = stage("quality", [b + "quality.py", "--out", "suite", "--steps", str(args.quality_steps),
+                                                   "--seq-len", "64", "--batch", "8", "--micro-batch", "8", "--", *runs])
         print("\nsuite stages (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), flush=True)
     from report import write_report
 

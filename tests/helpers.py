@@ -46,7 +46,8 @@ def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
 
 def train_env(cache_dir: str | os.PathLike | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    env.pop("SLURM_JOB_ID", None)
+    for key in ("SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # a child must not join a process group the test process (or its launcher) set up
     return env
 
 

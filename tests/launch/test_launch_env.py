@@ -35,7 +35,8 @@ def test_first_host(nodelist, host):
 
 def test_export_torch_env(monkeypatch):
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so teardown restores (or removes) what export sets
+        monkeypatch.delenv(key)
     export_torch_env(DistEnv(1, 0, 2, "h", 3, "slurm"))
     import os
 

@@ -125,6 +125,9 @@ def test_toy_strategies_train_without_trainer_edits(tmp_path, toy_strategies, mo
     import train
 
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # train.run exports these in this process; teardown removes them
+        monkeypatch.delenv(key)
     cache = os.environ.get("SLIMTRAIN_TEST_CACHE", str(tmp_path / "cache"))
     overrides = [*FAST, "param=toy_param", "optim=toy_sgd", "agg=toy_mean", "train.steps=12", "train.eval_every=6",
                  f"run.out_dir={tmp_path / 'runs'}", "run.name=run", f"data.cache_dir={cache}", "log.wandb=offline"]
