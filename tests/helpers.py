@@ -84,6 +84,7 @@ def _worker(rank, world_size, port, fn, args):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        dist.barrier()  # no rank tears gloo down while a peer is still using it
     finally:
         dist.destroy_process_group()
 

@@ -86,6 +86,10 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
     # Slurm holds a requeued batch job back for ~2 minutes (its BeginTime); release it at once.
     slurm.wait_for(lambda: slurm.job_field(job_id, "Restarts") == "1" and slurm.job_field(job_id, "JobState") == "PENDING",
                    60, f"job {job_id} to requeue\n{job_log(slurm, job_id, workdir)}")
+    # Release it only once the node has finished cleaning up the first run: a launch that arrives while slurmd is
+    # still killing the old step is refused ("already killed, do not launch batch job") and the job FAILs.
+    slurm.wait_for(slurm.nodes_idle, 60, f"the node to be idle after job {job_id}'s first run")
+    time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     wait_job(slurm, job_id, workdir)
 
