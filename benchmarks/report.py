@@ -94,10 +94,14 @@ def dct_section(d) -> str:
     for name, r in d["rows"].items():
         lines.append(f"| {name} | {fmt(r.get('refresh_ms_median'), '.1f')} | {fmt(r.get('steady_ms_median'), '.1f')} | "
                      f"{fmt(r['state_bytes'] / 2**20 if r.get('state_bytes') is not None else None, '.1f')} |")
-    ratios = d.get("ratios", {})
-    extra = "".join(f"- {k}: {v:.3f}\n" for k, v in ratios.items() if isinstance(v, (int, float)))
+    ratios = d.get("ratios_dct_over_galore_torch", {})
+    extra = "".join(f"- DCT / galore-torch {k.replace('_', ' ')}: {v:.3f}\n" for k, v in ratios.items())
     return (f"{d.get('num_matrices')} matrices of the {d['size']} model, rank {d['rank']}, {d['threads']} thread(s). "
             f"`python {d['command']}`, {d['date']}.\n\n" + "\n".join(lines) + "\n\n" + extra)
+
+
+def lines(table) -> str:
+    return "\n".join(table) if isinstance(table, list) else str(table or "")
 
 
 def flag_section(cost, robust) -> str:
@@ -105,23 +109,49 @@ def flag_section(cost, robust) -> str:
     if cost is None:
         out.append(f"Aggregation cost: {NOT_MEASURED}.\n")
     else:
-        out.append(f"Aggregation cost (`python {cost.get('command', 'benchmarks/flag_cost.py')}`):\n\n```\n{cost.get('table', json.dumps(cost.get('rows', cost), indent=1)[:3000])}\n```\n")
+        out.append(f"Aggregation cost, p = 4 gloo processes (`python benchmarks/flag_cost.py`):\n\n```\n{lines(cost.get('table'))}\n```\n")
     if robust is None:
         out.append(f"Robustness: {NOT_MEASURED} (run `python benchmarks/flag_robustness.py`).\n")
     else:
-        out.append(f"Robustness (`{robust.get('command', 'python benchmarks/flag_robustness.py')}`):\n\n```\n{robust.get('table', '')}\n```\n")
+        a = robust.get("args", {})
+        out.append(f"Robustness: {a.get('nproc')} processes, rank {a.get('byzantine_rank')} Byzantine, debug model, {a.get('steps')} steps "
+                   f"(`python benchmarks/flag_robustness.py --aggs {' '.join(a.get('aggs', []))}`):\n\n```\n{lines(robust.get('table'))}\n```\n")
     return "\n".join(out)
+
+
+# --- one row per strategy ----------------------------------------------------------------------
+STRATEGIES = [("full rank AdamW (baseline)", "full", "adamw", "full"), ("SLTrain", "sltrain", "adamw", "sltrain"),
+              ("low-rank (SLTrain, delta 0)", "lowrank", "adamw", "lowrank"), ("SST", "sst", "adamw", "sst"),
+              ("DCT low-rank AdamW", "full", "dct_adamw", "dct_adamw"), ("GaLore, our SVD projector", "full", "galore_adamw", "galore_adamw"),
+              ("galore-torch (peer)", "full", "galore_torch", "galore_torch")]
+
+
+def summary(mem, speed, q) -> str:
+    speed_rows = {r["combo"]: r for r in (speed or {}).get("rows", [])}
+    quality = {r["label"]: r for r in (q or {}).get("results", [])}
+    ref_loss = quality.get("full", {}).get("final_val_loss")
+    out = ["| strategy | choice | model state vs full (130m) | grads + optimizer vs full (130m) | peak step memory vs full (130m) | speed vs full (20m) | final val loss (20m) | loss vs full |",
+           "|---|---|---|---|---|---|---|---|"]
+    for title, p, o, label in STRATEGIES:
+        m = memory_row(mem, "130m", p, o) or {}
+        sp = speed_rows.get(f"{p}+{o}", {})
+        ql = quality.get(label, {}).get("final_val_loss")
+        out.append(f"| {title} | `param={p} optim={o}` | {fmt(m.get('model_state_ratio'))} | {fmt(m.get('grad_optim_ratio'))} | "
+                   f"{fmt(m.get('peak_step_ratio'))} | {fmt(sp.get('speed_ratio'))} | {fmt(ql, '.4f')} | "
+                   f"{fmt(ql / ref_loss if ql and ref_loss else None, '.4f')} |")
+    out.append("| Flag aggregation | `agg=flag` | no memory change (gradients are aggregated, not stored) | | | see the Flag section (aggregation time vs mean) | see the robustness table | |")
+    return "\n".join(out) + "\n"
 
 
 # --- targets ---------------------------------------------------------------------------------------
 def targets(mem, q, d) -> str:
     sl = memory_row(mem, "130m", "sltrain", "adamw")
     sst = memory_row(mem, "130m", "sst", "adamw")
-    ratios = (d or {}).get("ratios", {})
+    ratios = (d or {}).get("ratios_dct_over_galore_torch", {})
     rows = [
         ("SLTrain model-state memory <= 0.75x full rank (130m)", sl and sl.get("model_state_ratio"), lambda v: v <= 0.75),
-        ("DCT optimizer state <= 0.7x galore-torch's (130m, r 256)", ratios.get("state_bytes_dct_over_galore"), lambda v: v <= 0.7),
-        ("DCT refresh >= 10x faster than galore-torch's (time ratio <= 0.1)", ratios.get("refresh_dct_over_galore"), lambda v: v <= 0.1),
+        ("DCT optimizer state <= 0.7x galore-torch's (130m, r 256)", ratios.get("state_bytes"), lambda v: v <= 0.7),
+        ("DCT refresh >= 10x faster than galore-torch's (time ratio <= 0.1)", ratios.get("refresh_time"), lambda v: v <= 0.1),
         ("SST gradient + optimizer memory <= 0.5x full rank (130m, r 64)", sst and sst.get("grad_optim_ratio"), lambda v: v <= 0.5),
     ]
     lines = ["| target | measured | verdict |", "|---|---|---|"]
@@ -166,6 +196,9 @@ Regenerate: `python benchmarks/suite.py` (the CPU suite end to end, then this pa
 `python benchmarks/suite.py --report-only` to re-render from benchmarks/results/*.json.
 Machine: {machine()}, 2 cores shared with other work (figures are medians and ratios measured within one run).
 
+## Every strategy at a glance
+
+{summary(mem, speed, q)}
 ## Targets
 
 {targets(mem, q, d)}
