@@ -24,6 +24,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
 
+def relative(text: str) -> str:
+    """Paths in the saved results relative to the repository, so they mean the same on every machine."""
+    return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
+
+
 def base_overrides(args) -> list[str]:
     return [
         f"model.size={args.model}", f"data.source={args.data}", "data.val_fraction=0.1", f"data.seq_len={args.seq_len}",
@@ -125,8 +130,8 @@ def main(argv=None) -> None:
         results.append(run_one(label, extra, args))
         print(f"[quality] {label}: final val loss {results[-1]['final_val_loss']:.4f} ({results[-1]['wall_s']:.0f} s)", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(shlex.quote(a) for a in sys.argv),
-              "settings": base_overrides(args), "results": results}
+    report = {"date": time.strftime("%Y-%m-%d"), "command": relative(" ".join(shlex.quote(a) for a in sys.argv)),
+              "settings": [relative(o) for o in base_overrides(args)], "results": results}
     (RESULTS / f"quality_{args.out}.json").write_text(json.dumps(report, indent=1))
     plot(results, RESULTS / f"quality_{args.out}.png", f"{args.model}, {args.steps} steps")
     print(table(results))
