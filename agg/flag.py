@@ -30,7 +30,6 @@ import torch
 
 from agg._common import RobustAggregator, RobustConfig, linear_combination, per_worker
 from trainer.registry import AGG
-from trainer.strategy import BuildContext
 
 
 @dataclass
@@ -132,9 +131,6 @@ def flag_coefficients(gram: torch.Tensor, good: torch.Tensor, cfg: FlagConfig):
 @AGG.register("flag", FlagConfig)
 class FlagAggregator(RobustAggregator):
     needs_gram = True
-
-    def __init__(self, cfg: FlagConfig, ctx: BuildContext):
-        super().__init__(cfg, ctx)
 
     def combine(self, rows, gram, good):
         coef, explained, done = flag_coefficients(gram, good, self.cfg)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from agg._common import CoordinatewiseAggregator, RobustConfig
 from trainer.registry import AGG
-from trainer.strategy import BuildContext
 
 
 @dataclass
@@ -19,8 +18,5 @@ class MedianConfig(RobustConfig):
 
 @AGG.register("median", MedianConfig)
 class MedianAggregator(CoordinatewiseAggregator):
-    def __init__(self, cfg: MedianConfig, ctx: BuildContext):
-        super().__init__(cfg, ctx)
-
     def kept_range(self, q: int) -> tuple[int, int]:
         return ((q - 1) // 2, q // 2 + 1)

@@ -14,7 +14,6 @@ import torch
 
 from agg._common import RobustAggregator, RobustConfig, linear_combination, per_worker
 from trainer.registry import AGG
-from trainer.strategy import BuildContext
 
 
 @dataclass
@@ -53,9 +52,6 @@ def krum_coefficients(gram: torch.Tensor, good: torch.Tensor, num_byzantine: int
 @AGG.register("multi_krum", MultiKrumConfig)
 class MultiKrumAggregator(RobustAggregator):
     needs_gram = True
-
-    def __init__(self, cfg: MultiKrumConfig, ctx: BuildContext):
-        super().__init__(cfg, ctx)
 
     def combine(self, rows, gram, good):
         coef, scores = krum_coefficients(gram, good, self.cfg.num_byzantine, self.cfg.num_selected)

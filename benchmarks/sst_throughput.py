@@ -55,6 +55,17 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
+def periodic_cost(sst, device):
+    """Seconds of one resample and of one resample + re-SVD, and their cost per step at the default T3 / T2."""
+    t2 = sst.resvd_every(sst.layers[0][1])
+    sst.num_resamples = 0
+    resample_s = timed(sst.resample, device)  # num_resamples 1: no re-SVD unless T2 == 1
+    sst.num_resamples = t2 - 1
+    resvd_s = timed(sst.resample, device)  # the T2-th: re-SVD of every layer, then resample
+    t3 = SSTConfig().update_every
+    return resample_s, resvd_s, t2, t3, ((t2 - 1) * resample_s + resvd_s) / (t2 * t3)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="20m")
@@ -101,14 +112,7 @@ def main(argv=None) -> None:
             t = timed(lambda: step(name), device)
             if i > 0:
                 times[name].append(t)
-    layer = sst.layers[0][1]
-    t2 = sst.resvd_every(layer)
-    sst.num_resamples = 0
-    resample_s = timed(sst.resample, device)  # num_resamples 1: no re-SVD unless T2 == 1
-    sst.num_resamples = t2 - 1
-    resvd_s = timed(sst.resample, device)  # the T2-th: re-SVD of every layer, then resample
-    t3 = SSTConfig().update_every
-    amortised = ((t2 - 1) * resample_s + resvd_s) / (t2 * t3)
+    resample_s, resvd_s, t2, t3, amortised = periodic_cost(sst, device)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens_per_step = args.batch * args.seq_len
