@@ -1,7 +1,7 @@
 """Quality comparison: train each labelled configuration on the same data, seed and budget; compare losses.
 
     python benchmarks/quality.py --out sltrain --steps 300 -- \\
-        full "param=full" sltrain "param=sltrain" lowrank "param=sltrain param.delta=0"
+        full "param=full" sltrain "param=sltrain" lowrank "param=lowrank"
 
 Each label runs train.py for real (torchrun when --nproc > 1) on ../shared/data/wikitext103_valid.txt
 (last 10% held out). Prints final validation loss / perplexity and the ratio to the first label, writes

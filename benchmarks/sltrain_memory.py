@@ -29,13 +29,13 @@ def build(variant: str, size: str, device: str = "cpu"):
     import torch
 
     from models import Llama, shape_for
-    from param.sltrain import SLTrain, SLTrainConfig
+    from param.sltrain import LowRankConfig, SLTrain, SLTrainConfig
     from trainer.strategy import BuildContext
 
     with torch.device(device):
         model = Llama(shape_for(size), VOCAB, 256)
     if variant != "full":
-        cfg = SLTrainConfig(delta=0.0) if variant == "lowrank" else SLTrainConfig()
+        cfg = LowRankConfig().as_sltrain() if variant == "lowrank" else SLTrainConfig()
         SLTrain(cfg, BuildContext(model_size=size)).convert(model)
     return model
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import Llama, shape_for  # noqa: E402
-from param.sltrain import SLTrain, SLTrainConfig  # noqa: E402
+from param.sltrain import LowRankConfig, SLTrain, SLTrainConfig  # noqa: E402
 from trainer.strategy import BuildContext  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def build(variant: str, args):
     torch.manual_seed(0)
     model = Llama(shape_for(args.model), args.vocab, args.seq_len)
     if variant != "full":
-        cfg = SLTrainConfig(delta=0.0) if variant == "lowrank" else SLTrainConfig()
+        cfg = LowRankConfig().as_sltrain() if variant == "lowrank" else SLTrainConfig()
         SLTrain(cfg, BuildContext(model_size=args.model)).convert(model)
     model.to(args.device)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=args.device == "cuda")

@@ -9,7 +9,8 @@ The dense init is thrown away; embeddings, lm_head and norms stay dense.
 
 The matmul goes through `SparseLowRankMatmul`, which saves only (x, B, A, values, support) and
 rebuilds W in backward: FLOPs are those of a dense layer, parameters / gradients / optimizer state
-are not. `delta = 0` is plain low-rank `W = (alpha / r) B A` (also registered as `param=lowrank`);
+are not. `delta = 0` is plain low-rank `W = (alpha / r) B A` (also registered as `param=lowrank`,
+with B drawn like A, since B = 0 and no S would hold every block at zero with zero gradients);
 it never forms W: x -> x A^T -> (.) B^T.
 
 METHODS.md section 3. Per-size defaults (r, alpha, delta) are in `SIZE_DEFAULTS`.
@@ -42,6 +43,9 @@ SIZE_DEFAULTS: dict[str, tuple[int, float, float]] = {
 }
 
 
+B_INITS = ("zero", "kaiming")
+
+
 @dataclass
 class SLTrainConfig:
     name: str = "sltrain"
@@ -51,6 +55,10 @@ class SLTrainConfig:
     """Scale numerator, W = (alpha / rank) B A + S. None: SIZE_DEFAULTS (METHODS.md: 32/16/16/8/8)."""
     delta: float | None = None
     """Support density of S, in [0, 1); 0 is plain low-rank. None: SIZE_DEFAULTS (METHODS.md: 0.03, 0.05 at 7b)."""
+    b_init: str = "zero"
+    """zero: B = 0 (METHODS.md); kaiming: B ~ U(+-1/sqrt(rank)), nn.Linear's default for an out x rank weight.
+    With delta = 0 and B = 0 every block projection is 0 and all their gradients are exactly 0 (the blocks
+    never train: a bigram model), so that combination is refused."""
 
     def __post_init__(self):
         if self.rank is not None and self.rank < 1:
@@ -59,6 +67,11 @@ class SLTrainConfig:
             raise ValueError(f"param.alpha={self.alpha} must be positive")
         if self.delta is not None and not 0.0 <= self.delta < 1.0:
             raise ValueError(f"param.delta={self.delta} must be in [0, 1) (0: plain low-rank)")
+        if self.b_init not in B_INITS:
+            raise ValueError(f"param.b_init={self.b_init!r} is unknown; choose one of {', '.join(B_INITS)}")
+        if self.delta == 0 and self.b_init == "zero":
+            raise ValueError(f"param.delta=0 with param.b_init=zero leaves every block at zero with zero gradients "
+                             f"(the blocks never train); use param=lowrank or set param.b_init=kaiming")
 
     def resolved(self, model_size: str) -> "SLTrainConfig":
         """A copy with every field left None filled from SIZE_DEFAULTS[model_size]."""
@@ -88,10 +101,10 @@ class LowRankConfig:
     """W = (alpha / rank) B A. None: the SLTrain default for model.size (SIZE_DEFAULTS)."""
 
     def __post_init__(self):
-        SLTrainConfig(rank=self.rank, alpha=self.alpha)  # same validation
+        self.as_sltrain()  # same validation
 
     def as_sltrain(self) -> SLTrainConfig:
-        return SLTrainConfig(name=self.name, rank=self.rank, alpha=self.alpha, delta=0.0)
+        return SLTrainConfig(name=self.name, rank=self.rank, alpha=self.alpha, delta=0.0, b_init="kaiming")
 
     def check(self, cfg) -> None:
         self.as_sltrain().check(cfg)
@@ -186,7 +199,7 @@ class SparseLowRankLinear(nn.Module):
     """A bias-free Linear(in_features -> out_features) held as (alpha / rank) B A + S."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, delta: float,
-                 seed: int = 0, device=None, dtype=None):
+                 seed: int = 0, device=None, dtype=None, b_init: str = "zero"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.rank, self.alpha, self.delta = rank, alpha, delta
@@ -209,6 +222,10 @@ class SparseLowRankLinear(nn.Module):
                 if self.values is not None:
                     bound = 1 / math.sqrt(in_features)
                     self.values.copy_(torch.empty(nnz).uniform_(-bound, bound, generator=g))
+                if b_init == "kaiming":
+                    B = torch.empty(out_features, rank)
+                    nn.init.kaiming_uniform_(B, a=math.sqrt(5), generator=g)  # U(+-1/sqrt(rank))
+                    self.B.copy_(B)
         self.register_buffer("support", support)  # int32 row-major flat indices into W, sorted
 
     @property
@@ -252,6 +269,7 @@ class SLTrain(ParamStrategy):
             layer = SparseLowRankLinear(
                 linear.in_features, linear.out_features, self.cfg.rank, self.cfg.alpha, self.cfg.delta,
                 seed=layer_seed(self.seed, name), device=linear.weight.device, dtype=linear.weight.dtype,
+                b_init=self.cfg.b_init,
             )
             setattr(parent, attr, layer)
             self.layers[name] = layer

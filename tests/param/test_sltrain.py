@@ -184,7 +184,8 @@ def test_parameter_counts_match_paper(size):
 def test_per_size_defaults_and_overrides():
     assert SLTrainConfig().resolved("130m") == SLTrainConfig(rank=256, alpha=16.0, delta=0.03)
     assert SLTrainConfig().resolved("7b").delta == 0.05
-    assert SLTrainConfig(rank=8, delta=0.0).resolved("1b") == SLTrainConfig(rank=8, alpha=8.0, delta=0.0)
+    assert (SLTrainConfig(rank=8, delta=0.0, b_init="kaiming").resolved("1b")
+            == SLTrainConfig(rank=8, alpha=8.0, delta=0.0, b_init="kaiming"))
     assert set(SIZE_DEFAULTS) == {"debug", "20m", "60m", "130m", "350m", "1b", "7b"}
     with pytest.raises(ValueError, match=r"param.delta=1.5 must be in \[0, 1\)"):
         SLTrainConfig(delta=1.5)
@@ -201,10 +202,29 @@ def test_yaml_composes(group):
 
 
 def test_lowrank_is_sltrain_without_sparse_part():
-    model, strategy = convert_debug(seed=0, global_seed=0, delta=0.0)
+    model, strategy = convert_debug(seed=0, global_seed=0, **LowRankConfig().as_sltrain().__dict__)
     layer = next(iter(strategy.layers.values()))
     assert layer.values is None and layer.nnz == 0
     assert not any(n.endswith("values") for n, _ in model.named_parameters())
+
+
+def test_lowrank_blocks_get_gradients_at_init():
+    """B = 0 with no sparse part is a stationary point of every block: param=lowrank must not start there."""
+    model, strategy = convert_debug(seed=0, global_seed=0, **LowRankConfig().as_sltrain().__dict__)
+    model(torch.randint(0, 64, (2, 16))).logsumexp(-1).mean().backward()
+    for name, layer in strategy.layers.items():
+        bound = 1 / math.sqrt(layer.rank)
+        assert 0 < layer.B.abs().max() <= bound, name
+        assert layer.B.grad.abs().max() > 0 and layer.A.grad.abs().max() > 0, name
+
+
+def test_zero_b_without_sparse_part_is_refused():
+    with pytest.raises(ValueError, match=r"param.delta=0 with param.b_init=zero .* use param=lowrank"):
+        SLTrainConfig(delta=0.0)
+    with pytest.raises(ValueError, match=r"param.b_init='ones' is unknown"):
+        SLTrainConfig(b_init="ones")
+    model, strategy = convert_debug(seed=0, global_seed=0)  # SLTrain itself keeps the paper's B = 0
+    assert all(not layer.B.any() for layer in strategy.layers.values())
 
 
 def test_state_dict_rejects_a_different_config():

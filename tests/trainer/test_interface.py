@@ -58,7 +58,7 @@ class ToyParam(ParamStrategy):
 @dataclass
 class ToyOptimConfig:
     name: str = "toy_sgd"
-    lr: float = 0.3
+    lr: float = 1.0
     momentum: float = 0.9
 
 
