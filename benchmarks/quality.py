@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,18 +49,27 @@ def command(overrides: list[str], nproc: int) -> list[str]:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The records of the last run started in run_dir (a fresh start appends to an existing metrics.jsonl)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    starts = [i for i, r in enumerate(records) if "params/total" in r]
+    return records[starts[-1]:] if starts else records
 
 
 def run_one(label: str, extra: str, args) -> dict:
     overrides = [*base_overrides(args), f"run.name={label}", *shlex.split(extra)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    run_dir = RESULTS / "runs" / args.out / label
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own output: a rerun starts clean
     start = time.perf_counter()
     proc = subprocess.run(command(overrides, args.nproc), cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{label}: train.py exited {proc.returncode}\n{proc.stderr[-3000:]}")
-    records = read_metrics(RESULTS / "runs" / args.out / label)
+    return collect(label, extra, run_dir, wall)
+
+
+def collect(label: str, extra: str, run_dir: Path, wall: float) -> dict:
+    records = read_metrics(run_dir)
     val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
     train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
     speed = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r][1:]  # skip the warm-up step
