@@ -70,8 +70,8 @@ class SLTrainConfig:
         if self.b_init not in B_INITS:
             raise ValueError(f"param.b_init={self.b_init!r} is unknown; choose one of {', '.join(B_INITS)}")
         if self.delta == 0 and self.b_init == "zero":
-            raise ValueError(f"param.delta=0 with param.b_init=zero leaves every block at zero with zero gradients "
-                             f"(the blocks never train); use param=lowrank or set param.b_init=kaiming")
+            raise ValueError("param.delta=0 with param.b_init=zero leaves every block at zero with zero gradients "
+                             "(the blocks never train); use param=lowrank or set param.b_init=kaiming")
 
     def resolved(self, model_size: str) -> "SLTrainConfig":
         """A copy with every field left None filled from SIZE_DEFAULTS[model_size]."""
