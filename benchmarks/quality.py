@@ -49,17 +49,14 @@ def command(overrides: list[str], nproc: int) -> list[str]:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of the last run started in run_dir (a fresh start appends to an existing metrics.jsonl)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    starts = [i for i, r in enumerate(records) if "params/total" in r]
-    return records[starts[-1]:] if starts else records
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def run_one(label: str, extra: str, args) -> dict:
     overrides = [*base_overrides(args), f"run.name={label}", *shlex.split(extra)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     run_dir = RESULTS / "runs" / args.out / label
-    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own output: a rerun starts clean
+    shutil.rmtree(run_dir, ignore_errors=True)  # its own output; a fresh run would append to metrics.jsonl
     start = time.perf_counter()
     proc = subprocess.run(command(overrides, args.nproc), cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
