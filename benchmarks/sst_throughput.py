@@ -66,21 +66,8 @@ def periodic_cost(sst, device):
     return resample_s, resvd_s, t2, t3, ((t2 - 1) * resample_s + resvd_s) / (t2 * t3)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="20m")
-    parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=16, help="sequences per step")
-    parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per side (after one warm-up each)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="autocast matmuls to bf16 (weights stay fp32, as the trainer)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
+def build_sides(args, device):
+    """The same dense init twice: as is ("full") and converted to SST, each with its own AdamW."""
     torch.manual_seed(0)
     dense = Llama(shape_for(args.size), args.vocab_size, max_seq_len=args.seq_len)
     model = copy.deepcopy(dense)
@@ -91,6 +78,11 @@ def main(argv=None) -> None:
     for name, m in (("full", dense), ("sst", model)):
         opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, foreach=False)
         sides[name] = (m, opt)
+    return sst, sides
+
+
+def interleaved_step_times(sst, sides, args, device) -> dict[str, list[float]]:
+    """Seconds per training step of each side, alternating the order every round; round 0 is the warm-up."""
     ops = PlainOps(sides["sst"][1])
     tokens = torch.randint(0, args.vocab_size, (args.batch, args.seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -112,6 +104,25 @@ def main(argv=None) -> None:
             t = timed(lambda: step(name), device)
             if i > 0:
                 times[name].append(t)
+    return times
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="20m")
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16, help="sequences per step")
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per side (after one warm-up each)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="autocast matmuls to bf16 (weights stay fp32, as the trainer)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sst, sides = build_sides(args, device)
+    times = interleaved_step_times(sst, sides, args, device)
     resample_s, resvd_s, t2, t3, amortised = periodic_cost(sst, device)
 
     med = {k: statistics.median(v) for k, v in times.items()}
