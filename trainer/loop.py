@@ -141,6 +141,7 @@ class Trainer:
     def fit(self) -> int:
         """Train to train.steps; returns a process exit code (0, or EXIT_PREEMPTED after a stop request)."""
         self.maybe_resume()
+        self.log.begin(self.state.step)
         t = self.cfg.train
         if self.state.step == 0:
             first = {**self.parameter_counts(), **self.evaluate()}

@@ -37,6 +37,14 @@ def stable_wandb_id(run_dir: str) -> str:
     return run_id
 
 
+def _record_step(line: str) -> float:
+    """The step of one metrics.jsonl line; infinity for a line that is not a whole record."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsLog:
     """Only the main rank writes; others get a logger that drops everything."""
 
@@ -60,6 +68,25 @@ class MetricsLog:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, dynamic_ncols=True, desc="train")
+
+    def begin(self, step: int) -> None:
+        """Make metrics.jsonl describe this run from `step` on without losing what an earlier run saved.
+
+        A fresh run (step 0) in a directory that already holds a metrics file moves that file aside to
+        metrics.<n>.jsonl; a run resumed at `step` drops the records after `step` (steps it will redo
+        identically, and a line cut short by a kill), so every step appears once."""
+        if not self.is_main or not os.path.exists(self.path):
+            return
+        if step == 0:
+            aside = next(p for n in range(1, 1 << 20) if not os.path.exists(p := self.path.replace(".jsonl", f".{n}.jsonl")))
+            os.replace(self.path, aside)
+            self.info(f"metrics: the earlier run's metrics.jsonl was moved to {os.path.basename(aside)}")
+            return
+        with open(self.path) as f:
+            kept = [line for line in f if _record_step(line) <= step]
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.is_main:

@@ -18,6 +18,12 @@ def val_losses(records):
     return [r["val/loss"] for r in records if "val/loss" in r]
 
 
+def logged_once(records) -> bool:
+    """After a resume, metrics.jsonl holds each training step exactly once, in order."""
+    steps = [r["step"] for r in records if "train/loss" in r]
+    return steps == list(range(1, len(steps) + 1))
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_two_processes_train_under_each_zero_stage(tmp_path, stage):
     run_train(tmp_path, [f"train.zero_stage={stage}", "train.steps=12", "train.eval_every=12"], nproc=2)
@@ -46,6 +52,7 @@ def test_resume_is_bitwise_exact(tmp_path, straight):
     second = run_train(tmp_path, RESUME, nproc=2)
     assert f"resumed from" in second.stdout and f"step {STEPS // 2}" in second.stdout
     assert losses_by_step(metrics(tmp_path)) == straight  # float equality: bitwise
+    assert logged_once(metrics(tmp_path))
 
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, straight):
@@ -62,6 +69,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, straight):
     assert proc.returncode == -signal.SIGKILL and done < STEPS, "the run finished before it could be killed"
     run_train(tmp_path, RESUME, nproc=2)
     assert losses_by_step(metrics(tmp_path)) == straight
+    assert logged_once(metrics(tmp_path))
 
 
 def test_truncated_checkpoint_falls_back_on_resume(tmp_path):

@@ -1,0 +1,49 @@
+"""metrics.jsonl across runs in one directory: a fresh run keeps the earlier file, a resumed run logs each step once."""
+import json
+
+from trainer.config import LogConfig
+from trainer.metrics import MetricsLog
+
+
+def open_log(run_dir) -> MetricsLog:
+    return MetricsLog(str(run_dir), LogConfig(wandb="disabled", progress="lines"), True, 10, {}, "run")
+
+
+def steps_in(path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def write_steps(log: MetricsLog, steps) -> None:
+    for s in steps:
+        log.log(s, {"train/loss": float(s)})
+
+
+def test_fresh_run_moves_the_earlier_file_aside(tmp_path):
+    first = open_log(tmp_path)
+    first.begin(0)
+    write_steps(first, range(6))
+    second = open_log(tmp_path)
+    second.begin(0)
+    write_steps(second, range(3))
+    third = open_log(tmp_path)
+    third.begin(0)
+    assert steps_in(tmp_path / "metrics.1.jsonl") == list(range(6))
+    assert steps_in(tmp_path / "metrics.2.jsonl") == list(range(3))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_resume_drops_the_steps_it_will_redo_and_a_torn_line(tmp_path):
+    log = open_log(tmp_path)
+    write_steps(log, range(9))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "train/lo')  # killed mid-write
+    resumed = open_log(tmp_path)
+    resumed.begin(5)
+    write_steps(resumed, range(6, 10))
+    assert steps_in(tmp_path / "metrics.jsonl") == list(range(10))
+
+
+def test_only_the_main_rank_touches_the_file(tmp_path):
+    write_steps(open_log(tmp_path), range(3))
+    MetricsLog(str(tmp_path), LogConfig(wandb="disabled"), False, 10, {}, "run").begin(0)
+    assert steps_in(tmp_path / "metrics.jsonl") == [0, 1, 2]
