@@ -19,7 +19,8 @@ every x_i, i.e. uniform first weights). Up to `iterations` steps, stopping when 
 a step that raises f is rejected. Workers sending NaN/Inf are dropped first (p = the workers left).
 Cost: O(n p^2) for K (computed shard-wise and all-reduced in the sharded mode) plus O(q^3), q = number of
 terms. Stateless. Logged per worker: `weight` = ||Y^T x_i||^2 (1: inside the flag, 0: ignored) and `coef`
-= c_i ||g_i||, the multiple of its unit direction in the aggregate.
+= c_i ||g_i||, the multiple of its unit direction in the aggregate; and `agg/mean_cosine`, how much the
+workers agree (Flag needs the honest ones to agree well above chance to single an attacker out).
 """
 from __future__ import annotations
 
@@ -104,6 +105,13 @@ def flag_subspace(kx: torch.Tensor, m: int, lam: float, iterations: int, tol: fl
     return a, done
 
 
+def unit_gram(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / ||g_i||, the Gram matrix of the unit vectors x_i); a zero gradient gets x_i = 0."""
+    norms = k.diag().clamp_min(0).sqrt()
+    inv = torch.where(norms > 0, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms))
+    return inv, inv[:, None] * k * inv[None, :]
+
+
 def flag_coefficients(gram: torch.Tensor, good: torch.Tensor, cfg: FlagConfig):
     """(c over all p workers, ||Y^T x_i||^2 per worker, iterations) from the Gram matrix."""
     p_all = gram.shape[0]
@@ -113,9 +121,7 @@ def flag_coefficients(gram: torch.Tensor, good: torch.Tensor, cfg: FlagConfig):
     if p == 0:
         return coef, explained, 0
     k = gram[idx][:, idx]
-    norms = k.diag().clamp_min(0).sqrt()
-    inv = torch.where(norms > 0, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms))  # a zero gradient: x_i = 0
-    kx = inv[:, None] * k * inv[None, :]
+    inv, kx = unit_gram(k)
     m = min(p, cfg.m or math.ceil((p + 1) / 2))
     a, done = flag_subspace(kx, m, cfg.lam, cfg.iterations, cfg.tol, cfg.seed)
     ones = torch.ones(p, dtype=torch.float64)
@@ -128,6 +134,17 @@ def flag_coefficients(gram: torch.Tensor, good: torch.Tensor, cfg: FlagConfig):
     return coef, explained, done
 
 
+def mean_cosine(gram: torch.Tensor, good: torch.Tensor) -> dict[str, float]:
+    """The mean pairwise cosine of the good workers' gradients: how much they agree (a zero gradient counts 0).
+    A flag can single an attacker out only when honest workers agree well above chance."""
+    idx = good.nonzero().flatten()
+    if len(idx) < 2:
+        return {}
+    _, cos = unit_gram(gram[idx][:, idx])
+    p = len(idx)
+    return {"agg/mean_cosine": float((cos.sum() - cos.diag().sum()) / (p * (p - 1)))}
+
+
 @AGG.register("flag", FlagConfig)
 class FlagAggregator(RobustAggregator):
     needs_gram = True
@@ -135,5 +152,6 @@ class FlagAggregator(RobustAggregator):
     def combine(self, rows, gram, good):
         coef, explained, done = flag_coefficients(gram, good, self.cfg)
         norms = gram.diag().clamp_min(0).sqrt()
-        metrics = {**per_worker("weight", explained), **per_worker("coef", coef * norms), "agg/flag_iterations": float(done)}
+        metrics = {**per_worker("weight", explained), **per_worker("coef", coef * norms), "agg/flag_iterations": float(done),
+                   **mean_cosine(gram, good)}
         return linear_combination(rows, coef, good), metrics

@@ -133,7 +133,9 @@ def flag_section(cost, robust) -> str:
         out.append(f"Robustness: {NOT_MEASURED} (run `python benchmarks/flag_robustness.py`).\n")
     else:
         a = robust.get("args", {})
-        out.append(f"Robustness: {a.get('nproc')} processes, rank {a.get('byzantine_rank')} Byzantine, debug model, {a.get('steps')} steps "
+        per_worker = a.get("batch", 0) // max(1, a.get("nproc", 1))
+        out.append(f"Robustness: {a.get('nproc')} processes, rank {a.get('byzantine_rank')} Byzantine, debug model, {a.get('steps')} steps, "
+                   f"{per_worker} sequences of {a.get('seq_len')} tokens per worker and step "
                    f"(`python benchmarks/flag_robustness.py --aggs {' '.join(a.get('aggs', []))}`):\n\n```\n{lines(robust.get('table'))}\n```\n")
     return "\n".join(out)
 

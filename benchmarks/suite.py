@@ -10,7 +10,7 @@
    model, the same seed and token budget;
 4. dct_vs_galore.py: the DCT optimizer against galore-torch on the 130m projections, rank 256;
 5. flag_cost.py: the aggregation cost of Flag vs mean.
-The Byzantine robustness table comes from benchmarks/flag_robustness.py (about 20 minutes on its
+The Byzantine robustness table comes from benchmarks/flag_robustness.py (about 30 minutes on its
 own), included in the report when its results exist. GPU figures come from benchmarks/gpu.py.
 """
 from __future__ import annotations

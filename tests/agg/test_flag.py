@@ -62,6 +62,31 @@ def test_outlier_off_the_honest_span_is_ignored_by_a_one_dimensional_flag():
     assert torch.nn.functional.cosine_similarity(out, honest, dim=0) > 0.99
 
 
+def test_sign_flip_is_survived_by_the_normalized_aggregate_only():
+    """p = 4, 1 worker sends -10 x its gradient. A flag cannot see a sign, so the attacker's line is kept:
+    the raw aggregate (1/p) Y Y^T sum g_i then points against the honest mean, the normalized one counts the
+    flipped unit vector as one vote against three (docs/flag.md)."""
+    g = workers(n=2000, p=4, byzantine=(1,))
+    honest = g[:, [0, 2, 3]].mean(dim=1)
+    cos = lambda out: float(torch.nn.functional.cosine_similarity(out, honest, dim=0))  # noqa: E731
+    raw, _ = flag(4, m=1).aggregate_matrix(g.T.contiguous())
+    normalized, metrics = flag(4, m=1, normalized=True).aggregate_matrix(g.T.contiguous())
+    assert metrics["agg/weight_rank1"] > 0.5  # the attacker is inside the flag either way
+    assert cos(raw) < -0.9 and cos(normalized) > 0.99
+
+
+def test_mean_cosine_is_the_good_workers_pairwise_cosine():
+    g = workers(p=5, byzantine=())
+    bad = g.T.contiguous()
+    bad[2, 5] = float("nan")
+    _, metrics = flag(5).aggregate_matrix(bad)
+    x = torch.nn.functional.normalize(g[:, [0, 1, 3, 4]], dim=0)
+    cos = x.T @ x
+    assert metrics["agg/mean_cosine"] == pytest.approx(float((cos.sum() - 4) / 12), rel=1e-9)
+    _, alone = flag(5).aggregate_matrix(torch.full_like(bad, float("nan")))
+    assert "agg/mean_cosine" not in alone
+
+
 def test_nan_worker_is_dropped_not_propagated():
     g = workers(p=5, byzantine=())
     bad = g.T.contiguous()
