@@ -1,7 +1,7 @@
 """Robustness run: 4 CPU processes, 1 Byzantine rank, each attack; final validation loss of `mean` and of
 `flag` variants (and any other aggregator listed) against a clean run with the same seed and steps.
 
-    python benchmarks/flag_robustness.py          # mean, flag, flag normalized, flag normalized m=1: 33 runs, ~30 min on 2 cores
+    python benchmarks/flag_robustness.py          # mean, flag, flag normalized, flag normalized m=1: 32 runs, ~25 min on 2 cores
     python benchmarks/flag_robustness.py --aggs median multi_krum --out benchmarks/results/flag_robustness_baselines.json
     python benchmarks/flag_robustness.py --steps 40 --attacks sign_flip nan --aggs mean flag
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import resource
@@ -78,7 +79,8 @@ class MetricsLog:
         if not self.is_main or not os.path.exists(self.path):
             return
         if step == 0:
-            aside = next(p for n in range(1, 1 << 20) if not os.path.exists(p := self.path.replace(".jsonl", f".{n}.jsonl")))
+            names = (os.path.join(os.path.dirname(self.path), f"metrics.{n}.jsonl") for n in itertools.count(1))
+            aside = next(name for name in names if not os.path.exists(name))
             os.replace(self.path, aside)
             self.info(f"metrics: the earlier run's metrics.jsonl was moved to {os.path.basename(aside)}")
             return
