@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.precision import MODES as PRECISIONS
+
 
 def _check(ok: bool, path: str, message: str) -> None:
     if not ok:
@@ -69,7 +71,10 @@ class TrainConfig:
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0, 1 or 2."""
     precision: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16."""
+    """auto (amp_bf16 on GPU, fp32 on CPU) | fp32 | amp_bf16 (fp32 weights, bf16 autocast) | pure_bf16 (bf16 weights
+    and gradients, no fp32 copy; the optimizer rounds updates stochastically). See trainer/precision.py."""
+    activation_checkpointing: str = "none"
+    """none | full (recompute every block in backward) | selective (every other block)."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this (0: off, the recipe below 7B)."""
     warmup_fraction: float = 0.1
@@ -96,7 +101,12 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.steps > 0, "train.steps", "must be positive")
         _check(self.zero_stage in (0, 1, 2), "train.zero_stage", f"{self.zero_stage} is not 0, 1 or 2")
-        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", f"{self.precision!r} is not auto, fp32 or bf16")
+        if self.precision == "bf16":
+            raise ValueError("train.precision=bf16 is ambiguous; use amp_bf16 (fp32 weights, bf16 autocast: the former "
+                             "bf16) or pure_bf16 (bf16 weights and gradients)")
+        _check(self.precision in PRECISIONS, "train.precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        _check(self.activation_checkpointing in ("none", "full", "selective"), "train.activation_checkpointing",
+               f"{self.activation_checkpointing!r} is not none, full or selective")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", f"{self.device!r} is not auto, cpu or cuda")
         _check(self.micro_batch_size > 0 and self.global_batch_size > 0, "train.global_batch_size", "batch sizes must be positive")
         _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")

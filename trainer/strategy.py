@@ -6,6 +6,10 @@ Three kinds, each picked by a Hydra group and built through `trainer.registry`:
   gets a hook at every step boundary, and owns state that must survive a resume.
 - optimizer factory (`optim=`): `factory(cfg, model, ctx) -> torch.optim.Optimizer`, an
   optimizer in the torch.optim layout whose `state` holds tensors only.
+  An optimizer may step inside backward (`optim.step_in_backward=true`): it then has
+  `steps_in_backward = True`, the trainer calls `optimizer.prepare_backward(boundary)` before every
+  backward pass (`boundary`: the step's last micro-batch), each parameter is updated in its gradient hook
+  at the boundary and its gradient freed at once, and `optimizer.step()` does nothing.
 - `Aggregator` (`agg=`): combines the data-parallel workers' gradients. `mean` keeps
   DeepSpeed's own all-reduce; any other aggregator gets the local gradients instead.
 
