@@ -18,7 +18,7 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import read_dist_env
 from models import Llama, shape_for
-from trainer import checkpoint, corpus, data, engine as eng
+from trainer import checkpoint, corpus, data, engine as eng, precision
 from trainer.config import Config, check_world, resolve, run_name
 from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
@@ -64,6 +64,7 @@ def run(raw: DictConfig) -> int:
                        zero_stage=cfg.train.zero_stage, total_steps=cfg.train.steps, device=device)
     param_strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
     param_strategy.convert(model)
+    precision.prepare_model(model, precision.resolve(cfg.train.precision, device.type))
     model.to(device)
     optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
     aggregator = AGG.build(config_name(cfg.agg), cfg.agg, ctx)

@@ -128,6 +128,8 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
+    keep_fp32_buffers = ("rope_cos", "rope_sin")  # trainer/precision.py: never cast to bf16
+
     def __init__(self, shape: LlamaShape, vocab_size: int, max_seq_len: int, attn_impl: str = "auto"):
         super().__init__()
         if shape.hidden % shape.num_heads:

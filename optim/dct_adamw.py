@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from models import projection_modules
+from optim.adamw import low_memory_kwargs
+from optim.base import LowMemoryConfig
 from optim.lowrank_adam import LowRankAdamW
 from optim.projectors import BASES
 from trainer.registry import OPTIM
@@ -21,7 +23,7 @@ DEFAULT_RANK = {"debug": 16, "20m": 96, "60m": 128, "130m": 256, "350m": 256, "1
 
 
 @dataclass
-class LowRankAdamConfig:
+class LowRankAdamConfig(LowMemoryConfig):
     name: str = "dct_adamw"
     lr: float = 0.003
     """Peak learning rate of every parameter (the schedule multiplies it)."""
@@ -53,6 +55,8 @@ class LowRankAdamConfig:
     (needs train.zero_stage=0; ZeRO-1-like memory for a shape-aware optimizer)."""
 
     def __post_init__(self):
+        super().__post_init__()
+
         def bad(key: str, message: str):
             raise ValueError(f"optim.{key}: {message}")
 
@@ -71,6 +75,10 @@ class LowRankAdamConfig:
             bad("fast_dct", "the FFT computes the DCT only; use optim.fast_dct=auto or optim.basis=dct")
 
     def check(self, cfg) -> None:
+        self.check_low_memory(cfg)
+        if self.zero and self.step_in_backward:
+            raise ValueError("optim.zero=1 broadcasts each owner's weights after the step, which a step inside backward "
+                             "does not have; set optim.zero=0 or optim.step_in_backward=false")
         if cfg.train.zero_stage > 0:
             raise ValueError(
                 f"optim={self.name} needs whole matrices, but train.zero_stage={cfg.train.zero_stage} hands the optimizer "
@@ -116,7 +124,8 @@ def build_lowrank(cfg: LowRankAdamConfig, model: nn.Module, ctx: BuildContext) -
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
         rank=cfg.rank or DEFAULT_RANK.get(ctx.model_size, 256), projector=cfg.projector, basis=cfg.basis,
         update_gap=cfg.update_gap, scale=cfg.scale, score=cfg.score, rotate_moments=cfg.rotate_moments,
-        error_feedback=cfg.error_feedback, fast_dct=cfg.fast_dct, zero=cfg.zero, group=ctx.group)
+        error_feedback=cfg.error_feedback, fast_dct=cfg.fast_dct, zero=cfg.zero, group=ctx.group, seed=ctx.seed,
+        **low_memory_kwargs(cfg))
 
 
 @OPTIM.register("dct_adamw", DCTAdamWConfig)

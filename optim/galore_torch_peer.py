@@ -33,10 +33,17 @@ class GaLoreTorchConfig:
     scale: float = 0.25
     proj_type: str = "std"
     """galore-torch's projection side: std (the smaller side) | reverse_std | left | right."""
+    state_dtype: str = "fp32"
+    """Only fp32: galore-torch's 8-bit variant runs on bitsandbytes' kernels, outside this trainer's checkpoints."""
+    step_in_backward: bool = False
+    """Only false: galore-torch steps after backward here (its per-layer variant is a training-script recipe)."""
 
     def __post_init__(self):
         if self.proj_type not in ("std", "reverse_std", "left", "right"):
             raise ValueError(f"optim.proj_type: {self.proj_type!r} is not one of std, reverse_std, left, right")
+        if self.state_dtype != "fp32" or self.step_in_backward:
+            raise ValueError("optim=galore_torch keeps fp32 states and steps after backward; for 8-bit states or a step "
+                             "inside backward use optim=galore_adamw optim.state_dtype=int8 optim.step_in_backward=true")
         if self.rank < 0 or self.update_proj_gap < 1 or self.lr <= 0:
             raise ValueError("optim.rank: need rank >= 0 (0: by model size), update_proj_gap >= 1 and lr > 0")
 

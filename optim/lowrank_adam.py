@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from optim import projectors as proj
+from optim.base import LowMemoryOptimizer
 
 
 def balanced_owners(sizes: list[int], world_size: int) -> list[int]:
@@ -36,23 +37,30 @@ def balanced_owners(sizes: list[int], world_size: int) -> list[int]:
     return owners
 
 
-class LowRankAdamW(torch.optim.Optimizer):
-    """AdamW whose `projected` param groups run Adam in a rank-r subspace of each 2-D gradient."""
+class LowRankAdamW(LowMemoryOptimizer):
+    """AdamW whose `projected` param groups run Adam in a rank-r subspace of each 2-D gradient.
+
+    With no projected group it is plain AdamW (torch's formula), which is how `optim=adamw` gets 8-bit
+    states, pure-bf16 weights and the step inside backward (optim/base.py)."""
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, *,
                  rank: int = 256, projector: str = "dct", basis: str = "dct", update_gap: int = 1, scale: float = 1.0,
                  score: str = "l1", rotate_moments: bool = True, error_feedback: str = "off", fast_dct: str = "auto",
-                 zero: int = 0, group=None):
+                 zero: int = 0, group=None, state_dtype: str = "fp32", step_in_backward: bool = False,
+                 stochastic_rounding: bool = True, seed: int = 0):
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
         if projector not in ("dct", "svd") or score not in ("l1", "l2") or error_feedback not in ("off", "fp32", "int8"):
             raise ValueError(f"invalid projector={projector!r} score={score!r} error_feedback={error_feedback!r}")
         if rank < 1 or update_gap < 1 or basis not in proj.BASES or zero not in (0, 1):
             raise ValueError(f"invalid rank={rank} update_gap={update_gap} basis={basis!r} zero={zero}")
+        if zero and step_in_backward:
+            raise ValueError("optim.zero=1 broadcasts each owner's weights after the step; use optim.step_in_backward=false")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, projected=False, rank=rank,
                         projector=projector, basis=basis, update_gap=update_gap, scale=scale, score=score,
                         rotate_moments=rotate_moments, error_feedback=error_feedback, fast_dct=fast_dct)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, state_dtype=state_dtype, step_in_backward=step_in_backward,
+                         stochastic_rounding=stochastic_rounding, seed=seed, group=group)
         for g in self.param_groups:
             if g["projected"] and any(p.ndim != 2 for p in g["params"]):
                 raise ValueError("projected param groups must hold 2-D weights only")
@@ -66,70 +74,81 @@ class LowRankAdamW(torch.optim.Optimizer):
         self.owner = {p: r for p, r in zip(all_params, owners)}
 
     # --- the step --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None or self.owner[p] != self.shard_rank:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0, dtype=torch.int64)
-                if group["projected"]:
-                    self._projected_update(p, group, state)
-                else:
-                    self._dense_update(p, group, state)
+    def _owns(self, p) -> bool:
+        return self.owner[p] == self.shard_rank
+
+    def _after_step(self) -> None:
         if self.shard_world > 1:
             self._broadcast_owned()
-        return loss
 
-    @staticmethod
-    def _adam_direction(grad, group, state):
-        """Update the moments with `grad`; returns (m / (sqrt(v_hat) + eps), lr / bias_correction1)."""
-        beta1, beta2 = group["betas"]
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+    def _update(self, p, group, state) -> None:
         state["step"] += 1
         step = int(state["step"])
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        if group["projected"]:
+            self._projected_update(p, group, state, step)
+        elif p.dtype == torch.float32 and self.state_dtype == "fp32":
+            self._dense_update(p, group, state, step)
+        else:
+            self._dense_update_chunked(p, group, state, step)
+
+    @staticmethod
+    def _adam_direction(grad, exp_avg, exp_avg_sq, group, step):
+        """Update the moments with `grad` in place; returns (sqrt(v_hat) + eps, lr / bias_correction1)."""
+        beta1, beta2 = group["betas"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** step)).add_(group["eps"])
-        return exp_avg, denom, group["lr"] / (1 - beta1 ** step)
+        return denom, group["lr"] / (1 - beta1 ** step)
 
-    def _dense_update(self, p, group, state):
-        """torch.optim.AdamW's single-tensor formula, term for term."""
+    def _dense_update(self, p, group, state, step):
+        """torch.optim.AdamW's single-tensor formula, term for term (fp32 weights and moments, in place)."""
+        exp_avg, exp_avg_sq = self._load_moments(state, p)
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        exp_avg, denom, step_size = self._adam_direction(p.grad, group, state)
+        denom, step_size = self._adam_direction(p.grad, exp_avg, exp_avg_sq, group, step)
         p.addcdiv_(exp_avg, denom, value=-step_size)
 
-    def _projected_update(self, p, group, state):
-        grad = p.grad
+    def _dense_update_chunked(self, p, group, state, step):
+        """The same formula in fp32 on a chunk at a time, for bf16 weights or bf16 / int8 moments."""
+        generator = self._generator(p, state)
+        flat_p, flat_g = p.view(-1), p.grad.reshape(-1)
+        for lo, hi in self.chunks(p.numel()):
+            w, g = flat_p[lo:hi].float(), flat_g[lo:hi].float()
+            exp_avg, exp_avg_sq = self._load_moments(state, p, lo, hi)
+            w.mul_(1 - group["lr"] * group["weight_decay"])
+            denom, step_size = self._adam_direction(g, exp_avg, exp_avg_sq, group, step)
+            w.addcdiv_(exp_avg, denom, value=-step_size)
+            self._store_moments(state, exp_avg, exp_avg_sq, lo, hi)
+            self._write_back(flat_p[lo:hi], w, generator)
+
+    def _projected_update(self, p, group, state, step):
+        grad = p.grad if p.grad.dtype == torch.float32 else p.grad.float()
         tall = p.shape[0] >= p.shape[1]
         size = min(p.shape)
         rank = min(group["rank"], size)
         if group["error_feedback"] != "off" and ("ef" in state or "ef_q" in state):
             grad = grad + self._residual(state)
-        refresh = int(state["step"]) % group["update_gap"] == 0 or ("idx" not in state and "proj" not in state)
-        if group["projector"] == "dct":
-            low, pt = self._dct_project(grad, group, state, rank, size, tall, refresh)
-        else:
-            low, pt = self._svd_project(grad, group, state, rank, tall, refresh)
+        refresh = (step - 1) % group["update_gap"] == 0 or ("idx" not in state and "proj" not in state)
+        project = self._dct_project if group["projector"] == "dct" else self._svd_project
+        low, pt, rotate = project(grad, group, state, rank, size, tall, refresh)
         if group["error_feedback"] != "off":
             self._store_residual(state, grad - self._backproject(low, pt, tall), group["error_feedback"])
-        if group["weight_decay"]:  # skipping the full-size pass when 0 changes no bit
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-        exp_avg, denom, step_size = self._adam_direction(low, group, state)
+        del grad
+        rotate = rotate if self._has_moments(state) and group["rotate_moments"] else None
+        exp_avg, exp_avg_sq = self._load_moments(state, low)
+        if rotate is not None:
+            exp_avg, exp_avg_sq = rotate[0](exp_avg), rotate[1](exp_avg_sq)
+        denom, step_size = self._adam_direction(low, exp_avg, exp_avg_sq, group, step)
         direction = exp_avg / denom
+        self._store_moments(state, exp_avg, exp_avg_sq)
+        w = p if p.dtype == torch.float32 else p.float()
+        if group["weight_decay"]:  # skipping the full-size pass when 0 changes no bit
+            w.mul_(1 - group["lr"] * group["weight_decay"])
         if tall:  # m x r times r x n
-            p.addmm_(direction, pt, alpha=-step_size * group["scale"])
+            w.addmm_(direction, pt, alpha=-step_size * group["scale"])
         else:  # m x r times r x n, P^T is r x m
-            p.addmm_(pt.T, direction, alpha=-step_size * group["scale"])
+            w.addmm_(pt.T, direction, alpha=-step_size * group["scale"])
+        if w is not p:
+            self._write_back(p, w, self._generator(p, state))
 
     @staticmethod
     def _backproject(low, pt, tall):
@@ -142,27 +161,29 @@ class LowRankAdamW(torch.optim.Optimizer):
             s = proj.full_transform(grad, c, fft)
             idx = proj.top_indices(s, rank, group["score"], tall)
             low = s[:, idx.long()] if tall else s[idx.long()]
-            if "idx" in state and group["rotate_moments"] and "exp_avg" in state:
+            rotate = None
+            if "idx" in state:  # moments follow their basis vectors
                 new_slots, old_slots = proj.match_slots(state["idx"], idx, size)
-                for key in ("exp_avg", "exp_avg_sq"):
-                    state[key] = proj.rotate_by_index(state[key], new_slots, old_slots, tall)
+                by_index = lambda t: proj.rotate_by_index(t, new_slots, old_slots, tall)  # noqa: E731
+                rotate = (by_index, by_index)
             state["idx"] = idx
-            return low, c.index_select(0, idx)
+            return low, c.index_select(0, idx), rotate
         pt = c.index_select(0, state["idx"])  # r x s: the selected basis vectors
-        return (grad @ pt.T if tall else pt @ grad), pt
+        return (grad @ pt.T if tall else pt @ grad), pt, None
 
-    def _svd_project(self, grad, group, state, rank, tall, refresh):
+    def _svd_project(self, grad, group, state, rank, size, tall, refresh):
+        rotate = None
         if refresh:
             previous = state.get("proj")
             pt = proj.svd_projection(grad, rank, None if previous is None else previous.T).T.contiguous().to(grad.dtype)
-            if previous is not None and group["rotate_moments"] and "exp_avg" in state:
+            if previous is not None:
                 rot = previous @ pt.T  # P_prev^T P_new, r x r
-                state["exp_avg"] = state["exp_avg"] @ rot if tall else rot.T @ state["exp_avg"]
                 sq = rot.square()  # keeps v non-negative; exact when rot is a permutation
-                state["exp_avg_sq"] = state["exp_avg_sq"] @ sq if tall else sq.T @ state["exp_avg_sq"]
+                rotate = ((lambda t: t @ rot) if tall else (lambda t: rot.T @ t),
+                          (lambda t: t @ sq) if tall else (lambda t: sq.T @ t))
             state["proj"] = pt
         pt = state["proj"]
-        return (grad @ pt.T if tall else pt @ grad), pt
+        return (grad @ pt.T if tall else pt @ grad), pt, rotate
 
     # --- error feedback ------------------------------------------------------------------------
     @staticmethod
@@ -195,14 +216,3 @@ class LowRankAdamW(torch.optim.Optimizer):
             if src != self.shard_rank:
                 for t, new in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
                     t.copy_(new)
-
-    # --- checkpoints -----------------------------------------------------------------------------
-    def load_state_dict(self, state_dict):
-        """torch casts every state tensor to its parameter's dtype on load; restore int32 indices / int8 residuals."""
-        dtypes = {k: {name: v.dtype for name, v in s.items() if torch.is_tensor(v)} for k, s in state_dict["state"].items()}
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for key, p in zip(saved_ids, params):
-            for name, dtype in dtypes.get(key, {}).items():
-                self.state[p][name] = self.state[p][name].to(dtype)

@@ -105,6 +105,8 @@ class TrainConfig:
             raise ValueError("train.precision=bf16 is ambiguous; use amp_bf16 (fp32 weights, bf16 autocast: the former "
                              "bf16) or pure_bf16 (bf16 weights and gradients)")
         _check(self.precision in PRECISIONS, "train.precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        _check(not (self.precision == "pure_bf16" and self.zero_stage > 0), "train.precision",
+               "pure_bf16 needs train.zero_stage=0 (ZeRO-1/2 keep fp32 master partitions); set train.zero_stage=0")
         _check(self.activation_checkpointing in ("none", "full", "selective"), "train.activation_checkpointing",
                f"{self.activation_checkpointing!r} is not none, full or selective")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", f"{self.device!r} is not auto, cpu or cuda")

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from launch.env import DistEnv, export_torch_env
+from trainer import precision
 from trainer.config import Config
 
 
@@ -63,11 +64,7 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-
-
-def deepspeed_config(cfg: Config, world_size: int, bf16: bool) -> dict:
+def deepspeed_config(cfg: Config, world_size: int, autocast: bool) -> dict:
     t = cfg.train
     return {
         "train_batch_size": t.global_batch_size,
@@ -75,9 +72,10 @@ def deepspeed_config(cfg: Config, world_size: int, bf16: bool) -> dict:
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * world_size),
         "zero_optimization": {"stage": t.zero_stage},
         "gradient_clipping": t.grad_clip,
-        # Weights and optimizer stay fp32; matmuls run in bf16 under autocast. DeepSpeed's own
-        # bf16 mode flattens parameters into fp32 partitions, which shape-aware optimizers cannot use.
-        "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"},
+        # amp_bf16: weights and optimizer stay fp32, matmuls run in bf16 under autocast. pure_bf16: the model
+        # arrives in bf16 and DeepSpeed leaves it so. DeepSpeed's own bf16 mode is never used: it flattens
+        # parameters into fp32 master partitions, which shape-aware optimizers cannot use.
+        "torch_autocast": {"enabled": autocast, "dtype": "bfloat16"},
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
@@ -130,14 +128,19 @@ class Engine:
     """A DeepSpeed engine plus the few operations the loop needs."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, world_size: int, device: torch.device):
-        self.bf16 = use_bf16(cfg, device)
+        self.precision = precision.resolve(cfg.train.precision, device.type)
+        self.autocast = precision.autocast_dtype(self.precision)
         self.client_optimizer = optimizer
+        self.steps_in_backward = getattr(optimizer, "steps_in_backward", False)
+        self.accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world_size)
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.ds, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.bf16),
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.autocast is not None),
             dist_init_required=False,
         )
+        if self.steps_in_backward:
+            self.ds.enable_backward_allreduce = False  # each gradient is averaged in its own hook, before its update
         self.device = device
         self.ops = Ops(self.ds, optimizer)
 
@@ -156,6 +159,8 @@ class Engine:
         return self.client_optimizer.param_groups[0]["lr"]
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.steps_in_backward:  # the hooks of the step's last backward update the weights
+            self.client_optimizer.prepare_backward(self.ds.is_gradient_accumulation_boundary())
         logits = self.ds(inputs.to(self.device))
         loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(self.device).flatten())
         self.ds.backward(loss)
@@ -164,8 +169,15 @@ class Engine:
     def local_grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self.module.parameters() if p.grad is not None]
 
+    @property
+    def norm_after_step(self) -> bool:
+        """Whether grad_norm() is read after step(): ZeRO-1/2 reduce at the step, a step in backward frees gradients."""
+        return self.ds.zero_optimization_stage() > 0 or self.steps_in_backward
+
     def grad_norm(self) -> float | None:
-        """Global gradient norm; under ZeRO-0 call before step(), otherwise after."""
+        """Global gradient norm; read before step() unless norm_after_step."""
+        if self.steps_in_backward:
+            return self.client_optimizer.last_grad_norm
         if self.ds.zero_optimization_stage() == 0:
             grads = self.local_grads()
             return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else 0.0
@@ -179,7 +191,7 @@ class Engine:
     def eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
         """Summed token loss and token count for one held-out batch."""
         self.ds.eval()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast is not None):
             logits = self.module(inputs.to(self.device))
         loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(self.device).flatten(), reduction="sum")
         self.ds.train()
@@ -208,11 +220,14 @@ class Engine:
         return tensors
 
     def grad_bytes(self) -> int:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.steps_in_backward and self.accumulation == 1:  # one parameter's gradient lives at a time
+            return max((p.numel() * p.element_size() for p in params), default=0)
         if self.ds.zero_optimization_stage() > 0:
             opt = self.ds.optimizer
             parts = getattr(opt, "single_partition_of_fp32_groups", [])
             return sum(p.numel() * p.element_size() for p in parts)  # one partition's worth of gradient
-        return sum(p.numel() * p.element_size() for p in self.module.parameters() if p.requires_grad)
+        return sum(p.numel() * p.element_size() for p in params)
 
 
 def destroy() -> None:

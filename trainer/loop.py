@@ -57,10 +57,10 @@ class Trainer:
             losses.append(self.engine.forward_backward(inputs, targets))
             if i == len(micro_batches) - 1:
                 extra = self.maybe_aggregate(step)
-                if self.cfg.train.zero_stage == 0:
+                if not self.engine.norm_after_step:
                     grad_norm = self.engine.grad_norm()
-            self.engine.step()
-        if self.cfg.train.zero_stage > 0:
+            self.engine.step()  # DeepSpeed's rule: step() after every micro-batch; it steps the optimizer at the boundary
+        if self.engine.norm_after_step:
             grad_norm = self.engine.grad_norm()
         loss = eng.all_reduce_sum([float(torch.stack(losses).mean())])[0] / self.world_size
         elapsed = time.perf_counter() - start

@@ -35,10 +35,15 @@ def weight_dtype(mode: str) -> torch.dtype:
 
 
 def prepare_model(model: nn.Module, mode: str) -> nn.Module:
-    """Cast floating-point parameters and buffers to the mode's weight dtype (integer buffers stay)."""
+    """Cast floating-point parameters and buffers to the mode's weight dtype. Integer buffers stay, and so do
+    the buffers a module names in `keep_fp32_buffers` (rotary tables: bf16 angles would blur far positions)."""
     dtype = weight_dtype(mode)
-    if dtype != torch.float32:
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point():
+    if dtype == torch.float32:
+        return model
+    for module in model.modules():
+        keep = getattr(module, "keep_fp32_buffers", ())
+        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        for name, t in tensors:
+            if t.is_floating_point() and name not in keep:
                 t.data = t.data.to(dtype)
     return model
