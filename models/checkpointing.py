@@ -18,8 +18,9 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
     """Mark the model's LLaMA blocks for activation checkpointing, in place.
 
     `none`: no block. `full`: every block. `selective`: every other block, blocks 0, 2, 4, ... in
-    order (torchtitan's layer-selective checkpointing with frequency 2), which keeps about half the
-    activation memory saving at half the recompute cost. Calling it again replaces the earlier choice.
+    order: torchtitan's layer-selective checkpointing with frequency 2 (which, counting from 1, marks
+    blocks 1, 3, 5, ...; starting at 0 also covers the extra block of an odd depth). It saves about half
+    of what `full` saves for half its recompute. Calling it again replaces the earlier choice.
     """
     if mode not in ACTIVATION_CHECKPOINTING_MODES:
         raise ValueError(f"unknown train.activation_checkpointing={mode!r}; choose one of: none, full, selective")
