@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -121,8 +122,18 @@ class Block(nn.Module):
         self.attn = Attention(shape, attn_impl)
         self.mlp_norm = RMSNorm(shape.hidden)
         self.mlp = MLP(shape)
+        # Set by models.apply_activation_checkpointing; a plain attribute, not a wrapper module, so the
+        # state-dict keys (checkpoints, export) are the same either way.
+        self.checkpointed = False
 
     def forward(self, x, cos, sin):
+        if self.checkpointed and torch.is_grad_enabled():
+            # Keep only the block's input; backward reruns the body to rebuild its activations.
+            # Non-reentrant: works with inputs that need no grad and with parameter gradient hooks.
+            return checkpoint(self._body, x, cos, sin, use_reentrant=False)
+        return self._body(x, cos, sin)
+
+    def _body(self, x, cos, sin):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.mlp(self.mlp_norm(x))
 
