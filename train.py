@@ -17,7 +17,7 @@ import agg  # noqa: F401  (registers the agg strategies)
 import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import read_dist_env
-from models import Llama, shape_for
+from models import Llama, apply_activation_checkpointing, shape_for
 from trainer import checkpoint, corpus, data, engine as eng, precision
 from trainer.config import Config, check_world, resolve, run_name
 from trainer.loop import Trainer
@@ -64,6 +64,7 @@ def run(raw: DictConfig) -> int:
                        zero_stage=cfg.train.zero_stage, total_steps=cfg.train.steps, device=device)
     param_strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
     param_strategy.convert(model)
+    apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     precision.prepare_model(model, precision.resolve(cfg.train.precision, device.type))
     model.to(device)
     optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)

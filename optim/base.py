@@ -79,7 +79,8 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
         self.steps_in_backward, self.dp_group = step_in_backward, group
         params = [p for g in self.param_groups for p in g["params"]]
         self._index = {p: i for i, p in enumerate(params)}
-        self._group_of = {p: g for g in self.param_groups for p in g["params"]}
+        # group *positions*: load_state_dict replaces the group dicts, and the hook must see the live lr
+        self._group_index = {p: i for i, g in enumerate(self.param_groups) for p in g["params"]}
         self._boundary, self._grad_sq = True, []
         if step_in_backward:
             for p in params:
@@ -138,7 +139,7 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
             dist.all_reduce(p.grad, group=self.dp_group)
             p.grad.div_(dist.get_world_size(self.dp_group))
         self._grad_sq.append(torch.linalg.vector_norm(p.grad).float().square())
-        self._step_param(p, self._group_of[p])
+        self._step_param(p, self.param_groups[self._group_index[p]])
         p.grad = None  # freed now: no full-model gradient ever exists
 
     # --- moments ----------------------------------------------------------------------------------------

@@ -160,3 +160,15 @@ def test_stochastic_rounding_keeps_updates_that_nearest_rounding_loses():
         results[sr] = float(w.float().mean())
     assert results[False] == 1.0  # every 1e-4 step rounded away
     assert results[True] == pytest.approx(1 - 20 * 1e-4, abs=2e-4)  # unbiased: the mean moved as in fp32
+
+
+def test_hooks_see_the_learning_rate_set_after_a_load():
+    """load_state_dict replaces the param-group dicts; a hook holding the old dict would step with a stale lr."""
+    model, opt = build("full", "adamw", step_in_backward=True)
+    train(model, opt, batches(1, 1))
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for group in opt.param_groups:
+        group["lr"] = 0.0  # what the LR schedule does before every step
+    before = copy.deepcopy(model.state_dict())
+    train(model, opt, batches(1, 1, seed=2))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -65,7 +65,7 @@ def test_resume_is_bitwise_with_step_in_backward_and_int8_states(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_with_step_in_backward(tmp_path):
-    run_train(tmp_path, [*LOW, "train.steps=16", "train.eval_every=16"], nproc=2)
+    run_train(tmp_path, [*LOW, "train.steps=16", "train.eval_every=16", "train.global_batch_size=4"], nproc=2)  # no accumulation
     records = metrics(tmp_path)
     vals = [r["val/loss"] for r in records if "val/loss" in r]
     assert vals[-1] < vals[0] - 0.3, vals
