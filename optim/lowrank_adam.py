@@ -129,7 +129,7 @@ class LowRankAdamW(LowMemoryOptimizer):
             grad = grad + self._residual(state)
         refresh = (step - 1) % group["update_gap"] == 0 or ("idx" not in state and "proj" not in state)
         project = self._dct_project if group["projector"] == "dct" else self._svd_project
-        low, pt, rotate = project(grad, group, state, rank, size, tall, refresh)
+        low, pt, rotate = project(grad, group, state, rank, size, tall, refresh, p.dtype)  # P^T kept as GaLore keeps it
         if group["error_feedback"] != "off":
             self._store_residual(state, grad - self._backproject(low, pt, tall), group["error_feedback"])
         del grad
@@ -154,7 +154,7 @@ class LowRankAdamW(LowMemoryOptimizer):
     def _backproject(low, pt, tall):
         return low @ pt if tall else pt.T @ low
 
-    def _dct_project(self, grad, group, state, rank, size, tall, refresh):
+    def _dct_project(self, grad, group, state, rank, size, tall, refresh, store_dtype=None):
         c = proj.basis(group["basis"], size, grad.device)
         if refresh:
             fft = group["basis"] == "dct" and proj.use_fft(group["fast_dct"], size, grad.device)
@@ -171,18 +171,19 @@ class LowRankAdamW(LowMemoryOptimizer):
         pt = c.index_select(0, state["idx"])  # r x s: the selected basis vectors
         return (grad @ pt.T if tall else pt @ grad), pt, None
 
-    def _svd_project(self, grad, group, state, rank, size, tall, refresh):
+    def _svd_project(self, grad, group, state, rank, size, tall, refresh, store_dtype=torch.float32):
         rotate = None
+        previous = state["proj"].float() if "proj" in state else None  # held in the weight's dtype, used in fp32
         if refresh:
-            previous = state.get("proj")
             pt = proj.svd_projection(grad, rank, None if previous is None else previous.T).T.contiguous().to(grad.dtype)
             if previous is not None:
                 rot = previous @ pt.T  # P_prev^T P_new, r x r
                 sq = rot.square()  # keeps v non-negative; exact when rot is a permutation
                 rotate = ((lambda t: t @ rot) if tall else (lambda t: rot.T @ t),
                           (lambda t: t @ sq) if tall else (lambda t: sq.T @ t))
-            state["proj"] = pt
-        pt = state["proj"]
+            state["proj"] = pt.to(store_dtype)
+        else:
+            pt = previous
         return (grad @ pt.T if tall else pt @ grad), pt, rotate
 
     # --- error feedback ------------------------------------------------------------------------
