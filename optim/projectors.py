@@ -18,6 +18,7 @@ import math
 from typing import Callable
 
 import torch
+from torch._guards import active_fake_mode
 
 BasisFn = Callable[[int], torch.Tensor]  # size s -> s x s orthonormal matrix, rows are basis vectors
 
@@ -46,9 +47,14 @@ def basis(kind: str | BasisFn, size: int, device: torch.device) -> torch.Tensor:
     """The cached s x s basis (rows are basis vectors) for this kind and size."""
     fn = BASES[kind] if isinstance(kind, str) else kind
     key = (fn, size, str(device))
-    if key not in _CACHE:
-        _CACHE[key] = fn(size).to(device)
-    return _CACHE[key]
+    fake_mode = active_fake_mode()
+    # Under a FakeTensorMode (trainer/memory.py) the bases live on the mode, never in _CACHE: a later real run
+    # in this process must not get a tensor without values. Within the mode they persist as real ones do (and
+    # a fake tensor refers to its mode, so a cache keyed by the mode elsewhere would keep it alive forever).
+    cache = _CACHE if fake_mode is None else fake_mode.__dict__.setdefault("_slimtrain_bases", {})
+    if key not in cache:
+        cache[key] = fn(size).to(device)
+    return cache[key]
 
 
 def dct_fft(x: torch.Tensor) -> torch.Tensor:
@@ -84,22 +90,23 @@ def top_indices(s: torch.Tensor, rank: int, score: str, tall: bool) -> torch.Ten
 
 
 def match_slots(old_idx: torch.Tensor, new_idx: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(new slots, old slots) of the basis vectors kept in both index sets: Q[:, old]^T Q[:, new] as indices."""
+    """Q[:, old]^T Q[:, new] as indices: (kept, source), both over the new slots. `kept[j]`: new basis vector j
+    was also an old one, in old slot `source[j]` (0 where not kept). Fixed shapes, no `nonzero`, so it also
+    runs on fake tensors (trainer/memory.py)."""
     where_old = torch.full((size,), -1, dtype=torch.long, device=new_idx.device)
     where_old[old_idx.long()] = torch.arange(old_idx.numel(), device=new_idx.device)
     src = where_old[new_idx.long()]
     kept = src >= 0
-    return kept.nonzero().squeeze(1), src[kept]
+    return kept, src.clamp_min(0)
 
 
-def rotate_by_index(moment: torch.Tensor, new_slots: torch.Tensor, old_slots: torch.Tensor, tall: bool) -> torch.Tensor:
-    """Moment slots move with their basis vector; dropped ones are discarded, new ones start at zero."""
-    out = torch.zeros_like(moment)
-    if tall:  # m x r: slots are columns
-        out[:, new_slots] = moment[:, old_slots]
-    else:  # r x n: slots are rows
-        out[new_slots] = moment[old_slots]
-    return out
+def rotate_by_index(moment: torch.Tensor, kept: torch.Tensor, source: torch.Tensor, tall: bool) -> torch.Tensor:
+    """Moment slots move with their basis vector; dropped ones are discarded, new ones start at zero.
+    (kept, source) from match_slots; each kept value is copied unchanged, so the result is exact."""
+    dim = 1 if tall else 0  # m x r: slots are columns; r x n: slots are rows
+    moved = moment.index_select(dim, source)
+    mask = kept.view(1, -1) if tall else kept.view(-1, 1)
+    return torch.where(mask, moved, torch.zeros((), dtype=moment.dtype, device=moment.device))
 
 
 def svd_projection(grad: torch.Tensor, rank: int, previous: torch.Tensor | None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import projection_modules, shape_for
+from models import is_fake_or_meta, projection_modules, shape_for
 from trainer.registry import PARAM
 from trainer.strategy import BuildContext, ParamStrategy
 
@@ -209,9 +209,8 @@ class SparseLowRankLinear(nn.Module):
         self.B = nn.Parameter(torch.zeros(out_features, rank, **factory))
         self.A = nn.Parameter(torch.empty(rank, in_features, **factory))
         self.values = nn.Parameter(torch.empty(nnz, **factory)) if nnz else None
-        meta = self.A.device.type == "meta"
-        if meta:  # shape-only model (parameter counting): nothing to draw
-            support = torch.empty(nnz, dtype=torch.int32, device="meta")
+        if is_fake_or_meta(self.A):  # shape-only model (counting, trainer/memory.py): nothing to draw
+            support = torch.empty(nnz, dtype=torch.int32, device=self.A.device)
         else:
             g = torch.Generator().manual_seed(seed)
             support = draw_support(in_features * out_features, nnz, g).to(self.A.device)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models import projection_modules
+from models import is_fake_or_meta, projection_modules
 from trainer.registry import PARAM
 from trainer.strategy import BuildContext, EngineOps, ParamStrategy
 
@@ -154,11 +154,13 @@ class SpectralLinear(nn.Module):
     def set_factors(self, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> None:
         """Load full factors and pick the active columns, in place (Parameters keep their identity)."""
         device = self.sigma.device
-        active = active.cpu().sort().values
-        mask = torch.ones(self.k, dtype=torch.bool)
-        mask[active] = False
-        active = active.to(device)
-        frozen = torch.nonzero(mask).flatten().to(device)
+        if is_fake_or_meta(active):  # no values to read (trainer/memory.py): positions of the right shapes
+            active, frozen = torch.arange(self.r, device=device), torch.arange(self.r, self.k, device=device)
+        else:
+            active = active.cpu().sort().values
+            mask = torch.ones(self.k, dtype=torch.bool)
+            mask[active] = False
+            active, frozen = active.to(device), torch.nonzero(mask).flatten().to(device)
         u, v = u.to(device, self.u_active.dtype), v.to(device, self.v_active.dtype)
         self.u_active.copy_(u[:, active])
         self.v_active.copy_(v[:, active])
@@ -178,6 +180,8 @@ class SpectralLinear(nn.Module):
 
 def sample_columns(sigma: torch.Tensor, r: int, uniform_mix: float, generator: torch.Generator) -> torch.Tensor:
     """r distinct column indices, p_i = mix / k + (1 - mix) sigma_i / sum(sigma) (computed in fp64 on CPU)."""
+    if is_fake_or_meta(sigma):  # no values to draw from (trainer/memory.py): the first r columns
+        return torch.arange(r, device=sigma.device)
     s = sigma.detach().double().cpu().clamp_min(0.0)
     k = s.numel()
     total = float(s.sum())
@@ -210,10 +214,12 @@ class SST(ParamStrategy):
         for name, parent, attr, linear in projection_modules(model):
             if linear.bias is not None:
                 raise ValueError(f"param=sst: {name} has a bias; SST converts bias-free projections only")
-            layer = SpectralLinear(linear.in_features, linear.out_features, self.cfg.rank, self.cfg.enhanced_grad, self.cfg.grad_eps)
-            layer.to(linear.weight.device)
-            u, s, v = svd_factors(linear.weight, torch.float64)  # fp64: the converted model computes the dense init's function
-            layer.set_factors(u, v, s, sample_columns(s, layer.r, self.cfg.uniform_mix, self.generator))
+            with torch.device(linear.weight.device):  # a meta model allocates nothing (trainer/memory.py)
+                layer = SpectralLinear(linear.in_features, linear.out_features, self.cfg.rank, self.cfg.enhanced_grad,
+                                       self.cfg.grad_eps)
+            if not is_fake_or_meta(linear.weight):  # shape-only: keep the first r columns active, as built
+                u, s, v = svd_factors(linear.weight, torch.float64)  # fp64: the converted model computes the dense init's function
+                layer.set_factors(u, v, s, sample_columns(s, layer.r, self.cfg.uniform_mix, self.generator))
             setattr(parent, attr, layer)
             self.layers.append((name, layer))
 

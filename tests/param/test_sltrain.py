@@ -278,3 +278,12 @@ def test_zero1_two_process_matches_zero0_one_process(tmp_path):
     assert sorted(z1) == sorted(z0) == [1, 2, 3, 4]
     assert all(abs(z1[s] - z0[s]) <= 1e-4 * abs(z0[s]) for s in z0), (z1, z0)
     assert z0[4] < z0[1]
+
+
+def test_fake_layer_has_a_shape_only_support():
+    """Under FakeTensorMode (trainer/memory.py) nothing is drawn: the support is an int32 tensor of nnz entries."""
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+
+    with FakeTensorMode():
+        layer = SparseLowRankLinear(40, 30, rank=4, alpha=8.0, delta=0.1)
+    assert is_fake(layer.support) and layer.support.dtype == torch.int32 and layer.support.shape == (120,)

@@ -319,3 +319,26 @@ def test_two_process_resume_is_bitwise_exact(tmp_path):
     a, b = model_states(tmp_path / "runs" / "straight"), model_states(tmp_path / "runs" / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["layers.0.attn.q_proj.active_idx"], torch.arange(8))
+
+
+def test_meta_model_converts_without_allocating():
+    with torch.device("meta"):
+        model = Llama(shape_for("20m"), vocab_size=128, max_seq_len=32)
+    sst = SST(SSTConfig(rank=8), BuildContext(model_size="20m"))
+    sst.convert(model)
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert sst.layers and all(t.device.type == "meta" for t in tensors)
+    layer = sst.layers[0][1]
+    assert layer.u_active.shape == (384, 8) and layer.u_frozen.shape == (384, 376)
+
+
+def test_fake_resample_keeps_shapes():
+    """Under FakeTensorMode (trainer/memory.py) a resample and re-SVD take the shape-only path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        layer = SpectralLinear(12, 20, rank=4)
+        sst = SST(SSTConfig(rank=4, resvd_every=1), BuildContext(model_size="debug"))
+        sst.layers = [("layer", layer)]
+        sst.resample()
+    assert layer.active_idx.shape == (4,) and layer.frozen_idx.shape == (8,) and layer.u_frozen.shape == (20, 8)
