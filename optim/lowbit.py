@@ -14,8 +14,8 @@ Every function here avoids data-dependent shapes and host syncs so it also runs 
 (the memory estimator traces the optimizers that way before real runs in the same process).
 """
 import torch
-from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import is_fake
+
+from models.meta import tensor_cache
 
 BLOCK = 256  # as torchao's AdamW8bit and bitsandbytes' blockwise 8-bit Adam
 
@@ -46,16 +46,12 @@ def dynamic_map(signed: bool, device=None) -> torch.Tensor:
     """The 256 ascending fp32 entries of the 8-bit dynamic tree map, in [-1, 1] (signed) or [0, 1]."""
     device = torch.device("cpu" if device is None else device)
     key = (bool(signed), str(device))
-    if detect_fake_mode() is not None:
-        # A fake tensor in the cache would poison the real runs that follow in this process,
-        # and a cached real tensor cannot enter fake computations: build a fresh fake one.
-        return _dynamic_map_cpu(signed).to(device)
-    if key not in _MAP_CACHE:
-        table = _dynamic_map_cpu(signed).to(device)
-        if is_fake(table):
-            return table
-        _MAP_CACHE[key] = table
-    return _MAP_CACHE[key]
+    # Under FakeTensorMode (trainer/memory.py) the mode's own cache: a fake map never reaches a real run, and
+    # the estimate counts the map once, as a real run does.
+    cache = tensor_cache("lowbit_maps", _MAP_CACHE)
+    if key not in cache:
+        cache[key] = _dynamic_map_cpu(signed).to(device)
+    return cache[key]
 
 
 def _num_blocks(numel: int, block: int) -> int:

@@ -18,7 +18,8 @@ import math
 from typing import Callable
 
 import torch
-from torch._guards import active_fake_mode
+
+from models.meta import tensor_cache
 
 BasisFn = Callable[[int], torch.Tensor]  # size s -> s x s orthonormal matrix, rows are basis vectors
 
@@ -47,11 +48,7 @@ def basis(kind: str | BasisFn, size: int, device: torch.device) -> torch.Tensor:
     """The cached s x s basis (rows are basis vectors) for this kind and size."""
     fn = BASES[kind] if isinstance(kind, str) else kind
     key = (fn, size, str(device))
-    fake_mode = active_fake_mode()
-    # Under a FakeTensorMode (trainer/memory.py) the bases live on the mode, never in _CACHE: a later real run
-    # in this process must not get a tensor without values. Within the mode they persist as real ones do (and
-    # a fake tensor refers to its mode, so a cache keyed by the mode elsewhere would keep it alive forever).
-    cache = _CACHE if fake_mode is None else fake_mode.__dict__.setdefault("_slimtrain_bases", {})
+    cache = tensor_cache("bases", _CACHE)  # under FakeTensorMode (trainer/memory.py): the mode's own cache
     if key not in cache:
         cache[key] = fn(size).to(device)
     return cache[key]

@@ -4,13 +4,15 @@
 
 It composes the config as train.py does, builds the model on the meta device, makes every parameter and
 buffer a fake tensor on "cpu" (torch's FakeTensorMode: shapes and dtypes, no storage), and runs `--steps`
-training steps of the configured strategies while torch's MemTracker counts every live tensor by kind.
-The first step allocates gradients and optimizer state, so the peak usually comes in the second. `--real`
-runs the same on real CPU tensors (real init): the tests check that both give the same bytes.
+training steps of the configured strategies (trainer/memtrack.py, which mirrors the engine and the loop)
+while torch's MemTracker counts every live tensor by kind. The first step allocates gradients and
+optimizer state, so the peak usually comes in the second. `--real` runs the same on real CPU tensors (real
+init): the tests check that both give the same bytes. Bytes are reported by kind at the moment of the peak;
+"optimizer state" includes the update's own transients, also for an update made inside backward.
 
-What it counts: the tensors of one process at world size 1 (no ZeRO partitioning, no communication
-buffers), as the CUDA caching allocator would hand them out but without its rounding, fragmentation and
-the CUDA context. `train.device=auto` estimates the GPU job (train.precision=auto -> amp_bf16). The
+What it counts: the tensors of one process at world size 1 with ZeRO-0 (other stages are refused), as the
+CUDA caching allocator would hand them out, without its rounding and fragmentation, the CUDA context,
+or NCCL's buffers. `train.device=auto` estimates the GPU job (train.precision=auto -> amp_bf16). The
 kernels are CPU ones: attention runs through CPU SDPA rather than flash-attn, and optim.fast_dct=auto picks
 the FFT from size 256 as on CPU (a GPU uses the matmul below 4096); both change only transient bytes.
 A fake "cuda" device cannot run backward on a CPU-only torch build, hence "cpu".
@@ -26,28 +28,21 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _MemRefType
 
-import models
 from trainer import precision as prec
 from trainer.config import Config, check_world, resolve
-from trainer.registry import OPTIM, PARAM, config_name
-from trainer.strategy import BuildContext
+from trainer.memtrack import PeakTracker, build, track_steps
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LLAMA_VOCAB = 32000  # the LLaMA tokenizer, which the papers' memory figures use
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-# Report rows: (label, MemTracker kinds). OPT includes the optimizer step's own transients.
-ROWS = (("weights", (_MemRefType.PARAM, _MemRefType.BUFFER)), ("gradients", (_MemRefType.GRAD,)),
-        ("optimizer_state", (_MemRefType.OPT,)), ("activations", (_MemRefType.ACT,)),
-        ("temporaries", (_MemRefType.TEMP,)), ("inputs", (_MemRefType.OTH,)))
-LABELS = {"weights": "weights (params + buffers)", "gradients": "gradients", "optimizer_state": "optimizer state",
-          "activations": "activations", "temporaries": "backward temporaries", "inputs": "inputs (token ids)"}
+K = _MemRefType
+ROWS = (("weights", "weights (params + buffers)", (K.PARAM, K.BUFFER)), ("gradients", "gradients", (K.GRAD,)),
+        ("optimizer_state", "optimizer state + update", (K.OPT,)), ("activations", "activations", (K.ACT,)),
+        ("temporaries", "backward temporaries", (K.TEMP,)), ("inputs", "inputs (token ids)", (K.OTH,)))
 
 
 def parse_bytes(text: str) -> int:
@@ -89,149 +84,23 @@ def load_config(overrides: list[str]) -> Config:
         raise ValueError(" ".join(lines) or type(e).__name__) from None
     return resolve(typed)
 
-
-@dataclass
-class Job:
-    """A built model with its strategies and the token batches of every step."""
-
-    model: nn.Module
-    param_strategy: object
-    optimizer: torch.optim.Optimizer
-    batches: list[list[tuple[torch.Tensor, torch.Tensor]]]  # per step: (inputs, targets) per micro-batch
-    accumulation: int
-    autocast: torch.dtype | None
-
-
-@dataclass
-class LocalOps:
-    """trainer.strategy.EngineOps for one process without DeepSpeed (ZeRO-0), as trainer/engine.py's Ops."""
-
-    optimizer: torch.optim.Optimizer
-
-    def reset_optimizer_state(self, params: list[nn.Parameter]) -> None:
-        for p in params:
-            self.optimizer.state.pop(p, None)
-
-    def params_changed(self, params: list[nn.Parameter]) -> None:
-        pass  # ZeRO-0 keeps no second copy of the weights
-
-
 def target_precision(cfg: Config) -> tuple[str, str]:
     """(resolved train.precision, the job it is estimated for): auto and cuda devices mean the GPU job."""
     device_type = "cpu" if cfg.train.device == "cpu" else "cuda"
-    job = "a GPU job" if device_type == "cuda" else "a CPU job"
-    if cfg.train.device == "auto":
-        job += " (train.device=auto)"
-    return prec.resolve(cfg.train.precision, device_type), job
-
-
-def materialise(model: nn.Module, device: str) -> None:
-    """Replace every meta parameter and buffer by an uninitialised one on `device` (under a FakeTensorMode: a
-    fake one). nn.Module.to_empty cannot: FakeTensorMode refuses meta inputs to empty_like."""
-    made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (old, new); holding old keeps its id unique
-    for module in model.modules():
-        for store in (module._parameters, module._buffers):
-            for name, t in store.items():
-                if t is not None and id(t) not in made:  # a tensor shared by two modules stays shared
-                    new = torch.empty(t.shape, dtype=t.dtype, device=device)
-                    made[id(t)] = t, nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
-                if t is not None:
-                    store[name] = made[id(t)][1]
-
-
-def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int) -> Job:
-    """Model -> param strategy -> precision -> activation checkpointing -> optimizer, as train.py orders them."""
-    torch.manual_seed(cfg.train.seed)
-    ctx = BuildContext(model_size=cfg.model.size, seed=cfg.train.seed, zero_stage=cfg.train.zero_stage,
-                       total_steps=cfg.train.steps)
-    with nullcontext() if real else torch.device("meta"):  # meta: shapes only, nothing allocated
-        model = models.Llama(models.shape_for(cfg.model.size), vocab_size, cfg.model.max_seq_len, cfg.model.attn)
-        param_strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
-        param_strategy.convert(model)
-        prec.prepare_model(model, mode)
-        maybe_checkpoint_activations(model, cfg.train.activation_checkpointing)
-    if not real:
-        materialise(model, "cpu")  # the caller holds the FakeTensorMode
-    optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
-    accumulation = cfg.train.global_batch_size // cfg.train.micro_batch_size
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    shape = (cfg.train.micro_batch_size, cfg.data.seq_len + 1)
-    rows = [[torch.randint(0, vocab_size, shape, generator=gen) for _ in range(accumulation)] for _ in range(steps)]
-    batches = [[(r[:, :-1], r[:, 1:]) for r in step] for step in rows]  # as trainer/data.py: views of one row block
-    return Job(model, param_strategy, optimizer, batches, accumulation, prec.autocast_dtype(mode))
-
-
-def maybe_checkpoint_activations(model: nn.Module, mode: str) -> None:
-    apply = getattr(models, "apply_activation_checkpointing", None)  # activation checkpointing: models/ (issue 14)
-    if apply is not None:
-        apply(model, mode)
-    elif mode != "none":
-        raise ValueError(f"train.activation_checkpointing={mode} is not implemented in models/ yet; use none")
-
-
-# --- the step: mirrors trainer/engine.py + trainer/loop.py at world size 1; keep them in step -------------
-def forward_backward(job: Job, inputs: torch.Tensor, targets: torch.Tensor, boundary: bool) -> torch.Tensor:
-    if getattr(job.optimizer, "steps_in_backward", False):  # step in backward (trainer/strategy.py's contract)
-        job.optimizer.prepare_backward(boundary)
-    with torch.autocast("cpu", dtype=job.autocast or torch.bfloat16, enabled=job.autocast is not None):
-        logits = job.model(inputs)  # DeepSpeed's torch_autocast covers the forward only
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-    (loss / job.accumulation).backward()  # DeepSpeed divides each micro-batch's loss by the accumulation
-    return loss.detach()
-
-
-def train_step(job: Job, step: int, ops: LocalOps, after_backward=lambda: None) -> None:
-    micro_batches = job.batches[step]
-    losses = []
-    for i, (inputs, targets) in enumerate(micro_batches):
-        losses.append(forward_backward(job, inputs, targets, boundary=i == len(micro_batches) - 1))
-        after_backward()
-    if not getattr(job.optimizer, "steps_in_backward", False):
-        grad_norm(job.model)  # the loop reads it before the step (ZeRO-0); a step in backward has freed the grads
-    job.optimizer.step()
-    job.optimizer.zero_grad(set_to_none=True)
-    job.param_strategy.on_step_end(step + 1, ops)
-
-
-def grad_norm(model: nn.Module) -> torch.Tensor | None:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]  # as Engine.grad_norm: fp32 per tensor
-    return torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads else None
-
-
-class PeakTracker(MemTracker):
-    """torch's MemTracker keeping the run's peak only. Its per-module peaks cost a pass over every module at
-    every op (70% of a 7b estimate's time); the counting is the same (tests/trainer/test_memory.py)."""
-
-    def _update_peak_stats(self, peak_state) -> None:
-        for dev, snap in self._curr_mem_snap.items():
-            if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
-                self._peak_mem[dev], self._peak_mem_snap[dev] = snap[_TOTAL_KEY], dict(snap)
-
-
-def track_steps(job: Job, tracker: MemTracker) -> tuple[dict, int]:
-    """Run every step under `tracker`: (kind -> bytes at the run's peak, the 1-based step that reached it)."""
-    tracker.track_external(job.model, job.optimizer, *[t for step in job.batches for batch in step for t in batch])
-    ops, peak, peak_step = LocalOps(job.optimizer), 0, 0
-    with tracker:
-        for step in range(len(job.batches)):
-            # MemTracker refuses a second forward of the same root module unless its module stats are reset.
-            train_step(job, step, ops, after_backward=tracker.reset_mod_stats)
-            total = sum(s[_TOTAL_KEY] for s in tracker.get_tracker_snapshot("peak").values())
-            if total > peak:
-                peak, peak_step = total, step + 1
-    snaps = list(tracker.get_tracker_snapshot("peak").values())
-    assert len(snaps) <= 1, "one device expected"
-    return (snaps[0] if snaps else {}), peak_step
+    target = ("a GPU job" if device_type == "cuda" else "a CPU job") + f" (train.device={cfg.train.device})"
+    return prec.resolve(cfg.train.precision, device_type), target
 
 
 @dataclass
 class MemoryEstimate:
-    bytes: dict[str, int]  # ROWS labels and "total", at the moment of the peak
+    """The peak of a run of `steps` steps; `bytes`: each ROWS key and "total", at the moment of the peak."""
+
+    bytes: dict[str, int]
     peak_step: int
     steps: int
     fake: bool
     precision: str
-    job: str
+    target: str  # the job the estimate is for (a GPU job unless train.device=cpu)
     vocab_size: int
     vocab_note: str
     num_params: int
@@ -245,16 +114,18 @@ def estimate(overrides: list[str], steps: int = 2, real: bool = False) -> Memory
     start = time.perf_counter()
     cfg = load_config(overrides)
     check_world(cfg, 1)
-    mode, job_note = target_precision(cfg)
+    if cfg.train.zero_stage:
+        raise ValueError(f"train.zero_stage={cfg.train.zero_stage}: the estimator counts ZeRO-0 at world size 1 (ZeRO-1/2 "
+                         f"add flat fp32 partitions it does not model); set train.zero_stage=0")
+    mode, target = target_precision(cfg)
     vocab = cfg.model.vocab_size or LLAMA_VOCAB
     note = "model.vocab_size" if cfg.model.vocab_size else "model.vocab_size unset: the LLaMA tokenizer's"
     with nullcontext() if real else FakeTensorMode():
         job = build(cfg, vocab, mode, real, steps)
         num_params = sum(p.numel() for p in job.model.parameters())
         snap, peak_step = track_steps(job, PeakTracker())
-    by_row = {label: sum(snap.get(kind, 0) for kind in kinds) for label, kinds in ROWS}
-    by_row["total"] = snap.get(_TOTAL_KEY, 0)
-    return MemoryEstimate(by_row, peak_step, steps, not real, mode, job_note, vocab, note, num_params,
+    by_row = {key: sum(snap.get(kind, 0) for kind in kinds) for key, _, kinds in ROWS} | {"total": snap.get(_TOTAL_KEY, 0)}
+    return MemoryEstimate(by_row, peak_step, steps, not real, mode, target, vocab, note, num_params,
                           (cfg.train.micro_batch_size, cfg.data.seq_len), job.accumulation, list(overrides),
                           time.perf_counter() - start)
 
@@ -262,13 +133,13 @@ def estimate(overrides: list[str], steps: int = 2, real: bool = False) -> Memory
 def report(est: MemoryEstimate, budget: int | None) -> list[str]:
     kind = "fake tensors (nothing allocated)" if est.fake else "real CPU tensors"
     micro, seq = est.micro_batch
-    lines = [f"memory of one training process: {est.steps} step(s) on {kind}, {est.num_params / 1e9:.3f}B parameters",
-             f"  vocabulary {est.vocab_size} ({est.vocab_note}); precision {est.precision}, estimated for {est.job}",
+    params = f"{est.num_params / 1e9:.2f}B" if est.num_params >= 1e9 else f"{est.num_params / 1e6:.1f}M"
+    lines = [f"memory of one training process: {est.steps} step(s) on {kind}, {params} parameters",
+             f"  vocabulary {est.vocab_size} ({est.vocab_note}); precision {est.precision}, estimated for {est.target}",
              f"  {micro} x {seq} tokens per micro-batch, {est.accumulation} micro-batch(es) per step",
              f"peak at step {est.peak_step}, by kind at that moment:"]
-    for label in [*LABELS, "total"]:
-        n = est.bytes[label]
-        lines.append(f"  {LABELS.get(label, 'total'):<28}{format_bytes(n):>12}{n:>18,d} B")
+    for key, label, _ in [*ROWS, ("total", "total", ())]:
+        lines.append(f"  {label:<28}{format_bytes(est.bytes[key]):>12}{est.bytes[key]:>18,d} B")
     if budget is not None:
         total = est.bytes["total"]
         verdict = "FITS" if total <= budget else "DOES NOT FIT"
@@ -302,3 +173,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -5,29 +5,34 @@ import sys
 
 import pytest
 import torch
-from torch.distributed._tools.mem_tracker import MemTracker
 
-from optim import projectors
+from models import shape_for
+from optim import lowbit, projectors
 from tests.helpers import ROOT, train_env
 from trainer import memory
 
 # Accumulation 2, so the count covers a gradient that lives across micro-batches.
 SMALL = ["data.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=4", "model.vocab_size=1024"]
+LOW = ["train.precision=pure_bf16", "optim.state_dtype=int8", "optim.step_in_backward=true"]
 CONFIGS = [
     ["param=full", "optim=adamw"],
+    ["train.precision=amp_bf16"],
     ["param=sltrain"],
     ["param=sst"],
     ["param=full", "optim=dct_adamw"],
-    ["train.precision=amp_bf16"],
-    ["param=sltrain", "train.precision=pure_bf16"],
+    [*LOW, "train.global_batch_size=2"],  # accumulation 1: no whole gradient ever exists
+    ["param=sltrain", *LOW, "train.activation_checkpointing=selective"],
+    ["param=sst", "optim.step_in_backward=true", "optim.state_dtype=bf16", "train.activation_checkpointing=full"],
+    ["optim=dct_adamw", *LOW, "train.activation_checkpointing=full"],
 ]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_basis_cache(monkeypatch):
-    # A DCT basis cached by an earlier test in this process would not be counted by a real run (it exists before
-    # the tracker starts); a fresh process, like the trainer's, creates and counts it in the first step.
+def _fresh_caches(monkeypatch):
+    # A DCT basis or 8-bit map cached by an earlier test in this process would not be counted by a real run (it
+    # exists before the tracker starts); a fresh process, like the trainer's, creates and counts it in step 1.
     monkeypatch.setattr(projectors, "_CACHE", {})
+    monkeypatch.setattr(lowbit, "_MAP_CACHE", {})
 
 
 @pytest.mark.parametrize("size", ["debug", "20m"])
@@ -47,27 +52,17 @@ def test_fake_run_caches_no_fake_basis():
     assert projectors._CACHE == {}  # a later real run must not get a basis without values
 
 
-def test_peak_tracker_counts_as_memtracker():
-    """PeakTracker drops MemTracker's per-module peaks only; the run's peak snapshot is the same."""
-    cfg = memory.load_config([*SMALL, "param=sst"])
-    snaps = []
-    for tracker in (MemTracker(), memory.PeakTracker()):
-        job = memory.build(cfg, 1024, "fp32", real=True, steps=2)
-        snaps.append(memory.track_steps(job, tracker))
-    assert snaps[0] == snaps[1] and snaps[0][0]
-
-
 def test_weights_are_four_bytes_per_fp32_parameter():
     est = memory.estimate([*SMALL, "model.size=20m", "train.device=cpu"])
     assert est.precision == "fp32"
-    shape = memory.models.shape_for("20m")
+    shape = shape_for("20m")
     rotary = 2 * 4 * 1024 * (shape.hidden // shape.num_heads // 2)  # cos and sin tables, max_seq_len 1024
     assert est.bytes["weights"] == 4 * est.num_params + rotary
 
 
 def test_auto_device_estimates_the_gpu_job():
     est = memory.estimate([*SMALL])
-    assert est.precision == "amp_bf16" and "GPU" in est.job and est.vocab_size == 1024
+    assert est.precision == "amp_bf16" and "GPU" in est.target and est.vocab_size == 1024
     assert memory.estimate([*SMALL[:3]]).vocab_size == memory.LLAMA_VOCAB
 
 
@@ -100,6 +95,7 @@ def test_budget_verdict(tmp_path, capsys, budget, verdict):
     (["train.nope=1"], "train.nope"),
     (["param=nope"], "nope"),
     (["model.size=5m"], "model.size"),
+    (["train.zero_stage=1"], "train.zero_stage=0"),
     (["--budget", "lots"], "--budget"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, message):
@@ -109,3 +105,4 @@ def test_cli_bad_input_is_one_line_exit_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert proc.stdout == ""
+
