@@ -144,10 +144,11 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
 
     # --- moments ----------------------------------------------------------------------------------------
     def _init_moments(self, state, like: torch.Tensor) -> None:
-        if self.state_dtype == "int8":
+        if self.state_dtype == "int8":  # what quantising zeros gives, without a full-size fp32 zero tensor
+            blocks = -(-like.numel() // lowbit.BLOCK)
             for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
-                state[f"{key}_q"], state[f"{key}_absmax"] = lowbit.quantize_blockwise(
-                    torch.zeros_like(like, dtype=torch.float32), signed)
+                state[f"{key}_q"] = torch.full(like.shape, lowbit.zero_code(signed), dtype=torch.uint8, device=like.device)
+                state[f"{key}_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=like.device)
             return
         dtype = torch.float32 if self.state_dtype == "fp32" else torch.bfloat16
         for key in MOMENTS:

@@ -13,7 +13,10 @@ on average (Zamirai et al., 2010.06192).
 Every function here avoids data-dependent shapes and host syncs so it also runs under FakeTensorMode
 (the memory estimator traces the optimizers that way before real runs in the same process).
 """
+import functools
+
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from models.meta import tensor_cache
 
@@ -52,6 +55,14 @@ def dynamic_map(signed: bool, device=None) -> torch.Tensor:
     if key not in cache:
         cache[key] = _dynamic_map_cpu(signed).to(device)
     return cache[key]
+
+
+@functools.lru_cache(maxsize=None)
+def zero_code(signed: bool) -> int:
+    """The code of 0.0 (a Python int, computed on real tensors even under FakeTensorMode): zero-initialised
+    states are filled with it directly instead of quantising a full-size fp32 zero tensor."""
+    with unset_fake_temporarily():
+        return int(torch.argmin(_dynamic_map_cpu(signed).abs()))
 
 
 def _num_blocks(numel: int, block: int) -> int:
