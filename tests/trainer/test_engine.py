@@ -1,0 +1,96 @@
+"""The engine's collectives on every backend, and its per-stage accounting."""
+import pytest
+import torch
+import torch.distributed as dist
+
+from launch.env import DistEnv
+from trainer import engine as eng
+
+
+def backend_init_picks(monkeypatch, device: torch.device) -> str:
+    """The backend string init_distributed hands DeepSpeed for this device (nothing is started)."""
+    seen = {}
+    monkeypatch.setattr(eng.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(eng, "export_torch_env", lambda env: None)
+    monkeypatch.setattr(eng.deepspeed, "init_distributed", lambda dist_backend, **kw: seen.setdefault("backend", dist_backend))
+    eng.init_distributed(DistEnv(0, 0, 2, "127.0.0.1", 29500, "torchrun", None), device)
+    return seen["backend"]
+
+
+def served(backend: str) -> set[str]:
+    """Reference: the device types each `device:backend` pair (or bare nccl / gloo) serves."""
+    bare = {"nccl": "cuda", "gloo": "cpu"}
+    return {pair.split(":")[0] if ":" in pair else bare[pair] for pair in backend.split(",")}
+
+
+class Recorder:
+    """Stands in for torch.distributed in a 2-rank world whose default group has `backend`; records the
+    device of every tensor a collective receives and whether the backend serves that device."""
+
+    def __init__(self, monkeypatch, backend: str):
+        self.backend, self.served, self.calls = backend, served(backend), []
+        for name, value in {"is_initialized": lambda: True, "get_world_size": lambda group=None: 2,
+                            "get_rank": lambda group=None: 0, "get_backend": lambda group=None: backend}.items():
+            monkeypatch.setattr(dist, name, value)
+        monkeypatch.setattr(dist, "all_reduce", lambda t, op=None, group=None: self.record("all_reduce", t.device.type))
+        for name in ("broadcast_object_list", "gather_object", "all_gather_object"):
+            monkeypatch.setattr(dist, name, lambda *a, _name=name, device=None, **kw: self.record(_name, self.object_device(device)))
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def object_device(self, device) -> str:
+        # torch's rule (_get_object_coll_device): the given device, else cpu when the group serves it
+        if device is not None:
+            return torch.device(device).type
+        return "cpu" if "cpu" in self.served else sorted(self.served)[0]
+
+    def record(self, name: str, device_type: str) -> None:
+        self.calls.append((name, device_type, device_type in self.served))
+
+
+def run_every_collective() -> None:
+    eng.all_reduce_max(1.0)
+    eng.all_reduce_sum([1.0, 2.0])
+    eng.broadcast_object("path")
+    eng.gather_object({"a": 1})
+    eng.all_gather_object(None)
+
+
+def run_the_loop_collectives() -> None:
+    """The three the training loop has always used (an older engine has only these)."""
+    eng.all_reduce_max(1.0)
+    eng.all_reduce_sum([1.0, 2.0])
+    eng.broadcast_object("path")
+
+
+def test_collectives_on_a_gpu_run_only_reach_devices_their_backend_serves(monkeypatch):
+    # Fails on an engine that creates an `nccl` group and then all-reduces CPU tensors through it.
+    backend = backend_init_picks(monkeypatch, torch.device("cuda", 0))
+    recorder = Recorder(monkeypatch, backend)
+    run_the_loop_collectives()
+    assert len(recorder.calls) == 3
+    assert all(ok for _, _, ok in recorder.calls), (backend, recorder.calls)
+    run_every_collective()
+    assert all(ok for _, _, ok in recorder.calls), (backend, recorder.calls)
+
+
+def test_collectives_on_a_cpu_run_use_gloo(monkeypatch):
+    backend = backend_init_picks(monkeypatch, torch.device("cpu"))
+    assert served(backend) == {"cpu"}
+    recorder = Recorder(monkeypatch, backend)
+    run_every_collective()
+    assert all(device == "cpu" and ok for _, device, ok in recorder.calls), recorder.calls
+
+
+@pytest.mark.parametrize("backend, device", [("nccl", torch.device("cuda", 0)), ("cpu:gloo,cuda:nccl", torch.device("cpu")),
+                                             ("gloo", torch.device("cpu"))])
+def test_host_values_go_where_the_group_serves_them(monkeypatch, backend, device):
+    """A group someone else created with `nccl` alone gets its scalars on the GPU instead."""
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert eng.collective_device() == device
+
+
+@pytest.mark.parametrize("backend, devices", [("nccl", {"cuda"}), ("gloo", {"cpu"}), ("cpu:gloo", {"cpu"}),
+                                              ("cpu:gloo,cuda:nccl", {"cpu", "cuda"})])
+def test_served_devices(backend, devices):
+    assert eng.served_devices(backend) == served(backend) == devices
