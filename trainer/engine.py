@@ -15,6 +15,7 @@ from torch import nn
 
 from launch.env import DistEnv, export_torch_env
 from trainer.config import Config
+from trainer.zero_reset import ZeroResetSteps
 
 
 def pick_device(cfg: Config, env: DistEnv) -> torch.device:
@@ -133,35 +134,27 @@ class Ops:
 
     engine: "deepspeed.DeepSpeedEngine"
     optimizer: torch.optim.Optimizer  # the client optimizer
+    zero_steps: ZeroResetSteps | None = None
 
     def reset_optimizer_state(self, params: list[nn.Parameter]) -> None:
-        if self.engine.zero_optimization_stage() > 0:
-            self._reset_zero_partition_slices(params)
+        """Fresh moments and a fresh step count for these parameters, at every ZeRO stage."""
+        if self.engine.zero_optimization_stage() == 0:
+            for p in params:
+                self.optimizer.state.pop(p, None)  # AdamW starts the parameter's state (and step) again
             return
-        for p in params:
-            self.optimizer.state.pop(p, None)
+        self._zero_steps().reset(params)
 
-    def _reset_zero_partition_slices(self, params: list[nn.Parameter]) -> None:
-        """ZeRO-1/2: the client optimizer steps one flat fp32 partition per group, so zero the slices of
-        its state that hold these parameters. Each model parameter is a view into the group's flat
-        buffer, so its offset is a pointer difference. The partition's shared step count is kept."""
-        zero_opt, wanted = self.engine.optimizer, {id(p) for p in params}
-        for i, flat in enumerate(zero_opt.bit16_groups_flat):
-            fp32 = zero_opt.single_partition_of_fp32_groups[i]
-            state = self.optimizer.state.get(fp32, {})
-            moments = [v for v in state.values() if torch.is_tensor(v) and v.shape == fp32.shape]
-            if not moments:
-                continue
-            part = zero_opt.parallel_partitioned_bit16_groups[i][dist.get_rank(group=zero_opt.real_dp_process_group[i])]
-            size = flat.element_size()
-            start = (part.data_ptr() - flat.data_ptr()) // size
-            for p in zero_opt.bit16_groups[i]:
-                if id(p) not in wanted:
-                    continue
-                offset = (p.data_ptr() - flat.data_ptr()) // size
-                lo, hi = max(offset, start), min(offset + p.numel(), start + part.numel())
-                for m in moments if lo < hi else ():
-                    m[lo - start:hi - start].zero_()
+    def _zero_steps(self) -> ZeroResetSteps:
+        if self.zero_steps is None:
+            self.zero_steps = ZeroResetSteps(self.engine, self.optimizer)
+        return self.zero_steps
+
+    def state_dict(self) -> dict:
+        return self.zero_steps.state_dict() if self.zero_steps is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and self.engine.zero_optimization_stage() > 0:
+            self._zero_steps().load_state_dict(state)
 
     def params_changed(self, params: list[nn.Parameter]) -> None:
         zero_opt = self.engine.optimizer
@@ -231,6 +224,7 @@ class Engine:
 
     # --- checkpoints -------------------------------------------------------------------------
     def save(self, directory: str, client_state: dict) -> None:
+        client_state = {**client_state, "ops": self.ops.state_dict()}  # per-parameter reset steps (ZeRO-1/2)
         self.ds.save_checkpoint(directory, tag="engine", client_state=client_state, save_latest=False)
 
     def load(self, directory: str) -> dict:
@@ -240,6 +234,7 @@ class Engine:
                                                      load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"checkpoint {directory} has no engine state")
+        self.ops.load_state_dict(client_state.pop("ops", {}))
         return client_state
 
     # --- accounting --------------------------------------------------------------------------

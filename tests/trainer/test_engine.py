@@ -94,3 +94,45 @@ def test_host_values_go_where_the_group_serves_them(monkeypatch, backend, device
                                               ("cpu:gloo,cuda:nccl", {"cpu", "cuda"})])
 def test_served_devices(backend, devices):
     assert eng.served_devices(backend) == served(backend) == devices
+
+
+# --- one meaning of "reset optimizer state" at every ZeRO stage ---------------------------------------
+def _updates_after_reset(rank: int, stage: int, steps_before: int = 3, steps_after: int = 2) -> list[torch.Tensor]:
+    """The target parameter's updates at the steps after its reset; every stage sees the same data."""
+    import os
+
+    import deepspeed
+    from torch import nn
+
+    from trainer.engine import Ops
+
+    os.environ["LOCAL_RANK"] = str(rank)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 5, bias=False), nn.Linear(5, 3), nn.Linear(3, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    config = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage}}
+    ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
+    data = torch.Generator().manual_seed(1 + rank)
+    target, updates = model[1].weight, []  # 15 elements: straddles the two ranks' ZeRO partitions
+    for step in range(steps_before + steps_after):
+        if step == steps_before:
+            Ops(ds, optimizer).reset_optimizer_state([target])
+        before = target.detach().clone()
+        ds.backward(ds(torch.randn(2, 7, generator=data)).square().sum())
+        ds.step()
+        updates.append(target.detach() - before)
+    return updates[steps_before:]
+
+
+def _reset_stages_worker(rank, world_size):
+    zero0 = _updates_after_reset(rank, 0)
+    for stage in (1, 2):
+        for step, (got, want) in enumerate(zip(_updates_after_reset(rank, stage), zero0)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=lambda m: f"ZeRO-{stage}, update {step + 1} after the reset: {m}")
+
+
+@pytest.mark.slow
+def test_first_updates_after_a_reset_agree_at_every_zero_stage():
+    from tests.helpers import run_distributed
+
+    run_distributed(_reset_stages_worker, 2)
