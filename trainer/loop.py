@@ -91,6 +91,7 @@ class Trainer:
         out = {f"{k}": v for k, v in peak_memory_bytes(self.engine.device).items()}
         out["mem/param_bytes"] = tensor_bytes(list(module.parameters()) + list(module.buffers()))
         out["mem/grad_bytes"] = self.engine.grad_bytes()
+        out["mem/grad_bucket_bytes"] = self.engine.grad_bucket_bytes()
         out["mem/optim_state_bytes"] = tensor_bytes(self.engine.optimizer_state_tensors())
         out["mem/optim_state_bytes_max_rank"] = eng.all_reduce_max(out["mem/optim_state_bytes"])
         return out

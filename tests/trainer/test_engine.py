@@ -136,3 +136,68 @@ def test_first_updates_after_a_reset_agree_at_every_zero_stage():
     from tests.helpers import run_distributed
 
     run_distributed(_reset_stages_worker, 2)
+
+
+# --- gradient bytes per ZeRO stage, against the gradient tensors DeepSpeed really holds -----------------
+class GradientCensus:
+    """Reference: snapshots of the distinct storages holding gradients (model .grad and DeepSpeed's own
+    buffers) after every parameter's gradient hook, inside the boundary reduce, and before the client step;
+    reduce-bucket storages are counted apart."""
+
+    def __init__(self, ds, model, optimizer):
+        self.ds, self.model, self.grads, self.buckets = ds, model, [0], [0]
+        for p in model.parameters():
+            p.register_post_accumulate_grad_hook(lambda p: self.snapshot())
+        optimizer.register_step_pre_hook(lambda *a: self.snapshot())
+        zero = ds.optimizer
+        if ds.zero_optimization_stage() > 0:
+            copy = zero.copy_grads_in_partition
+            zero.copy_grads_in_partition = lambda *a, **kw: (copy(*a, **kw), self.snapshot())
+
+    def snapshot(self) -> None:
+        zero, tensors = self.ds.optimizer, [p.grad for p in self.model.parameters()]
+        buckets = {}
+        if self.ds.zero_optimization_stage() > 0:
+            tensors += [zero.grads_in_partition, *[p.grad for p in zero.single_partition_of_fp32_groups]]
+            for lists in (zero.averaged_gradients, zero.all_grad_tensors):
+                tensors += [t for v in lists.values() for t in (v or [])]
+            buckets = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                       for b in zero.ipg_buckets.values() for t in b.buffer}
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None}
+        self.grads.append(sum(n for ptr, n in storages.items() if ptr not in buckets))
+        self.buckets.append(sum(buckets.values()))
+
+
+def _grad_bytes_worker(rank, world_size, stages, bucket):
+    import os
+
+    import deepspeed
+    from torch import nn
+
+    from trainer.engine import Engine
+
+    os.environ["LOCAL_RANK"] = str(rank)
+    for stage in stages:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(32, 32, bias=False) for _ in range(6)], nn.Linear(32, 8))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+        zero = {"stage": stage, **({"reduce_bucket_size": bucket} if bucket else {})}
+        config = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "zero_optimization": zero}
+        engine = Engine.__new__(Engine)  # only the accounting: no Config needed
+        engine.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
+        census = GradientCensus(engine.ds, model, optimizer)
+        for _ in range(2):  # gradient accumulation: 2 micro-batches per step
+            engine.ds.backward(engine.ds(torch.randn(2, 32)).square().sum())
+            engine.ds.step()
+        # A gradient autograd has just produced may still sit in its own storage while a bucket is reduced.
+        in_flight = max(p.numel() * p.element_size() for p in model.parameters())
+        assert engine.grad_bytes() <= max(census.grads) <= engine.grad_bytes() + in_flight, (stage, engine.grad_bytes(), census.grads)
+        assert engine.grad_bucket_bytes() == max(census.buckets), (stage, engine.grad_bucket_bytes(), max(census.buckets))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket", [0, 4096])
+def test_grad_bytes_per_zero_stage_match_the_tensors_deepspeed_holds(bucket):
+    from tests.helpers import run_distributed
+
+    run_distributed(_grad_bytes_worker, 2, (0, 1, 2), bucket)
