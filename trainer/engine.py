@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from launch.env import DistEnv, export_torch_env
+from trainer import checkpoint
 from trainer.config import Config
 from trainer.zero_reset import ZeroResetSteps
 
@@ -163,6 +164,23 @@ class Ops:
             zero_opt._restore_from_bit16_weights()
 
 
+class HashingCheckpointEngine:
+    """DeepSpeed's torch checkpoint engine, writing each file through checkpoint.save_object, so the rank
+    that writes a file hashes it as it goes. Other engines (decoupled, Nebula) are left alone: rank 0
+    then hashes their files when it seals the checkpoint."""
+
+    def __init__(self, inner):
+        self.inner, self.written = inner, {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def save(self, state_dict, path: str):
+        if type(self.inner).__name__ != "TorchCheckpointEngine":
+            return self.inner.save(state_dict, path)
+        self.written[path] = checkpoint.save_object(state_dict, path, zipfile=self.inner.zipfile_serialization)
+
+
 class Engine:
     """A DeepSpeed engine plus the few operations the loop needs."""
 
@@ -223,9 +241,15 @@ class Engine:
         return float(loss), targets.numel()
 
     # --- checkpoints -------------------------------------------------------------------------
-    def save(self, directory: str, client_state: dict) -> None:
+    def save(self, directory: str, client_state: dict) -> dict[str, dict]:
+        """Write this rank's part of the engine state; returns the manifest entries (path relative to
+        `directory` -> size and hashes) of the files this rank wrote, hashed while writing them."""
+        if not isinstance(self.ds.checkpoint_engine, HashingCheckpointEngine):
+            self.ds.checkpoint_engine = HashingCheckpointEngine(self.ds.checkpoint_engine)
+        self.ds.checkpoint_engine.written = {}
         client_state = {**client_state, "ops": self.ops.state_dict()}  # per-parameter reset steps (ZeRO-1/2)
         self.ds.save_checkpoint(directory, tag="engine", client_state=client_state, save_latest=False)
+        return {os.path.relpath(path, directory): entry for path, entry in self.ds.checkpoint_engine.written.items()}
 
     def load(self, directory: str) -> dict:
         # An optimizer that shards its own state reloads each rank's shard itself (Trainer.maybe_resume).
