@@ -104,6 +104,8 @@ class TrainConfig:
     peak_tflops: float = 0.0
     """The accelerator's dense bf16 peak per process, for MFU (0: from the GPU's name in
     trainer/throughput.py; none on a CPU, so no MFU there unless this is set)."""
+    compile: bool = False
+    """torch.compile each transformer block (trainer/compile.py). For GPUs: slower than eager on CPU."""
 
     def __post_init__(self):
         _check(self.steps > 0, "train.steps", "must be positive")
