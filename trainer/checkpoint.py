@@ -33,7 +33,7 @@ VERIFY_MODES = ("full", "sizes", "off")
 STEP_DIR = re.compile(r"^step_(\d{7,})(\.prev)?$")
 PREV = ".prev"  # a replaced checkpoint, kept (and resumable) until its successor is in place
 CHUNK = 1 << 27  # bytes per hash: a 7B model's 84 GB file is ~630 units that ranks and threads share
-HASH_THREADS = 4  # hashlib and file reads release the GIL
+MAX_HASH_THREADS = 4  # hashlib and file reads release the GIL; more threads than this process's CPUs only contend
 
 
 def step_dir(root: str, step: int) -> str:
@@ -179,7 +179,7 @@ def verify(directory: str, mode: str = "full", rank: int = 0, world_size: int = 
     if mode == "sizes":
         return None
     mine = _hash_units(manifest)[rank::world_size]
-    with ThreadPoolExecutor(HASH_THREADS) as pool:
+    with ThreadPoolExecutor(max(1, min(MAX_HASH_THREADS, torch.get_num_threads()))) as pool:
         actual = pool.map(lambda u: _hash_range(os.path.join(directory, u[0]), u[1], u[2]), mine)
         bad = [rel for (rel, _, _, want), got in zip(mine, actual) if got != want]
     return f"{bad[0]} does not match its checksum" if bad else None
