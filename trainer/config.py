@@ -105,7 +105,7 @@ class TrainConfig:
     """The accelerator's dense bf16 peak per process, for MFU (0: from the GPU's name in
     trainer/throughput.py; none on a CPU, so no MFU there unless this is set)."""
     compile: bool = False
-    """torch.compile each transformer block (trainer/compile.py). For GPUs: slower than eager on CPU."""
+    """torch.compile each transformer block (trainer/compile.py); the first step compiles (tens of seconds)."""
 
     def __post_init__(self):
         _check(self.steps > 0, "train.steps", "must be positive")
