@@ -19,6 +19,7 @@ import param  # noqa: F401  (registers the param strategies)
 from launch.env import read_dist_env
 from models import Llama, apply_activation_checkpointing, shape_for
 from trainer import checkpoint, corpus, data, engine as eng, precision
+from trainer.compile import maybe_compile
 from trainer.config import Config, check_world, resolve, run_name
 from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
@@ -67,6 +68,7 @@ def run(raw: DictConfig) -> int:
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     precision.prepare_model(model, precision.resolve(cfg.train.precision, device.type))
     model.to(device)
+    maybe_compile(model, cfg.train.compile)
     optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
     aggregator = AGG.build(config_name(cfg.agg), cfg.agg, ctx)
     if cfg.faults.byzantine_ranks:

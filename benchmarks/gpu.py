@@ -5,7 +5,8 @@
 Skips with a message (and writes nothing) where no CUDA GPU is visible, so the report keeps showing
 "not yet measured". Steps run under bf16 autocast with fp32 weights (as train.py does), attention through
 flash-attn when installed, else scaled_dot_product_attention; timings are interleaved medians.
-MFU = 6 x parameters x tokens/s (+ attention FLOPs) / the GPU's dense bf16 peak.
+MFU = tokens/s x (6 N + 12 L H Q T) / the GPU's dense bf16 peak, the formula and peak table the training
+loop logs (trainer/throughput.py).
 Writes benchmarks/results/gpu.json.
 """
 from __future__ import annotations
@@ -17,17 +18,18 @@ import time
 
 import torch
 
-from harness import RESULTS, build, timed_round_robin, train_step
+from harness import RESULTS, VOCAB, build, timed_round_robin, train_step
+
+from models import shape_for  # noqa: E402  (harness put the repository on sys.path)
+from trainer import throughput  # noqa: E402
 
 COMBOS = [("full", "adamw"), ("sltrain", "adamw"), ("full", "dct_adamw"), ("sst", "adamw"), ("full", "galore_torch")]
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
 def peak_tflops(arg: str) -> float:
     if arg != "auto":
         return float(arg)
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), float("nan"))
+    return throughput.peak_tflops(torch.cuda.get_device_name()) or float("nan")
 
 
 def bf16_step(b, tokens):
@@ -94,7 +96,8 @@ def main(argv=None) -> None:
     peak = peak_tflops(args.peak_tflops)
     for r in rows:
         if "error" not in r:
-            r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / (peak * 1e12)
+            flops = throughput.flops_per_token(shape_for(r["size"]), VOCAB, args.seq_len)
+            r["mfu"] = flops * r["tokens_per_s"] / (peak * 1e12)
     report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "peak_bf16_tflops": peak,
               "command": "python benchmarks/gpu.py " + " ".join(argv or sys.argv[1:]), "rows": rows, "largest_fit": largest_fit(args)}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,15 @@
 """Training speed of every param x optim combination vs full-rank AdamW: tokens/s and step-time ratio.
 
     python benchmarks/speed.py [--size 20m] [--batch 8] [--seq-len 128] [--repeats 12]
+    python benchmarks/speed.py --compile --params full sltrain --optims adamw   # train.compile vs eager
 
 All combinations are built in one process on the same model size and batch; their training steps
 (forward, backward, optimizer step) are timed interleaved, round-robin, so each sees the same machine
 load, and the median of --repeats steps is reported. Optimizers with a periodic refresh (a new
 projection every T steps) are timed including their refreshes at the configured gap. Writes
-benchmarks/results/speed.json.
+benchmarks/results/speed.json. With --compile each combination also runs with its blocks compiled as
+`train.compile=true` does (trainer/compile.py; compiled in the untimed warm-up step), and the
+compiled/eager tokens/s ratio is printed and written to benchmarks/results/speed_compile.json instead.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import torch
 from harness import RESULTS, build, timed_round_robin, train_step
 from memory import OPTIMS, PARAMS
 
+from trainer.compile import maybe_compile  # noqa: E402  (harness put the repository on sys.path)
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +36,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--params", nargs="+", default=PARAMS)
     parser.add_argument("--optims", nargs="+", default=OPTIMS)
+    parser.add_argument("--compile", action="store_true", help="also time each combination with compiled blocks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
@@ -41,6 +47,8 @@ def main(argv=None) -> dict:
                 built[f"{p}+{o}"] = build(args.size, p, o, vocab=args.vocab, seq_len=args.seq_len)
             except ValueError as e:
                 skipped[f"{p}+{o}"] = str(e)
+    if args.compile:
+        return compare_compiled(built, tokens, args, argv)
     for b in built.values():  # warm-up: allocate state, first refresh
         train_step(b, tokens)
     medians = timed_round_robin({k: (lambda b=b: train_step(b, tokens)) for k, b in built.items()}, args.repeats)
@@ -57,6 +65,35 @@ def main(argv=None) -> dict:
         print(f"{r['combo']:<24} {r['step_s'] * 1000:>9.1f} {r['tokens_per_s']:>9.0f} {r['speed_ratio']:>13.3f}")
     for k, why in skipped.items():
         print(f"{k:<24} not supported: {why[:90]}")
+    return report
+
+
+def compare_compiled(built: dict, tokens: torch.Tensor, args, argv) -> dict:
+    """Eager vs compiled blocks, the same combinations and weights, timed interleaved."""
+    runs, compile_s = {}, {}
+    for key in list(built):
+        compiled = build(args.size, key.split("+")[0], key.split("+")[1], vocab=args.vocab, seq_len=args.seq_len)
+        maybe_compile(compiled.model, True)
+        runs[f"{key} eager"], runs[f"{key} compiled"] = built[key], compiled
+    for key, b in runs.items():  # warm-up; the compiled runs compile here
+        start = time.perf_counter()
+        train_step(b, tokens)
+        compile_s[key] = time.perf_counter() - start
+    medians = timed_round_robin({k: (lambda b=b: train_step(b, tokens)) for k, b in runs.items()}, args.repeats)
+    rows = [{"combo": key, "eager_step_s": medians[f"{key} eager"], "compiled_step_s": medians[f"{key} compiled"],
+             "eager_tokens_per_s": tokens[:, 1:].numel() / medians[f"{key} eager"],
+             "compiled_tokens_per_s": tokens[:, 1:].numel() / medians[f"{key} compiled"],
+             "compiled_over_eager": medians[f"{key} eager"] / medians[f"{key} compiled"],
+             "first_step_compiled_s": compile_s[f"{key} compiled"]} for key in built]
+    report = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:]),
+              "size": args.size, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads, "device": "cpu",
+              "torch": torch.__version__, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "speed_compile.json").write_text(json.dumps(report, indent=1))
+    print(f"{'combination':<24} {'eager tok/s':>11} {'compiled tok/s':>14} {'compiled/eager':>14} {'first step (s)':>14}")
+    for r in rows:
+        print(f"{r['combo']:<24} {r['eager_tokens_per_s']:>11.0f} {r['compiled_tokens_per_s']:>14.0f} "
+              f"{r['compiled_over_eager']:>14.3f} {r['first_step_compiled_s']:>14.1f}")
     return report
 
 

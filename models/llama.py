@@ -6,6 +6,7 @@ Architecture only. Weight-side methods replace the seven block projections
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -43,6 +44,11 @@ def shape_for(size: str) -> LlamaShape:
     return LLAMA_SIZES[size]
 
 
+# Device types the flash-attn kernels run on (a test widens it to check the dispatch on CPU).
+FLASH_DEVICE_TYPES = ("cuda",)
+
+
+@functools.cache
 def _flash_attn_func():
     try:
         from flash_attn import flash_attn_func  # optional GPU extra
@@ -93,15 +99,20 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.num_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.num_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        flash = _flash_attn_func() if self.attn_impl != "sdpa" and x.is_cuda else None
-        if flash is not None and x.dtype in (torch.float16, torch.bfloat16):
-            out = flash(q, k, v, causal=True)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # keeps q's dtype (bf16 under autocast)
+        if self.uses_flash(q):
+            out = _flash_attn_func()(q, k, v, causal=True)
         else:
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
             ).transpose(1, 2)
         return self.o_proj(out.reshape(batch, seq, -1))
+
+    def uses_flash(self, q: torch.Tensor) -> bool:
+        """flash-attn needs bf16/fp16 q, k, v on CUDA. Decided on q, not on the block input: under autocast
+        the input is fp32 while the projections return bf16, and the input's dtype would never allow it."""
+        return (self.attn_impl != "sdpa" and q.device.type in FLASH_DEVICE_TYPES
+                and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func() is not None)
 
 
 class MLP(nn.Module):

@@ -97,6 +97,15 @@ class TrainConfig:
     """torch intra-op threads per process (0: leave torch's default)."""
     device: str = "auto"
     """auto (cuda when available) | cpu | cuda."""
+    verify_checkpoint: str = "sizes"
+    """What resume checks against the checkpoint's manifest (trainer/checkpoint.py): sizes (every file there
+    with its size: milliseconds) | full (also every byte against its hash: one read of the whole checkpoint,
+    shared by the ranks) | off (only that the checkpoint was sealed)."""
+    peak_tflops: float = 0.0
+    """The accelerator's dense bf16 peak per process, for MFU (0: from the GPU's name in
+    trainer/throughput.py; none on a CPU, so no MFU there unless this is set)."""
+    compile: bool = False
+    """torch.compile each transformer block (trainer/compile.py); the first step compiles (tens of seconds)."""
 
     def __post_init__(self):
         _check(self.steps > 0, "train.steps", "must be positive")
@@ -113,6 +122,9 @@ class TrainConfig:
         _check(self.micro_batch_size > 0 and self.global_batch_size > 0, "train.global_batch_size", "batch sizes must be positive")
         _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
         _check(self.keep_last >= 1, "train.keep_last", "must be at least 1")
+        _check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0: look the GPU up)")
+        _check(self.verify_checkpoint in ("full", "sizes", "off"), "train.verify_checkpoint",
+               f"{self.verify_checkpoint!r} is not full, sizes or off")
 
 
 @dataclass

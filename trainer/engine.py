@@ -14,8 +14,9 @@ import torch.distributed as dist
 from torch import nn
 
 from launch.env import DistEnv, export_torch_env
-from trainer import precision
+from trainer import checkpoint, precision
 from trainer.config import Config
+from trainer.zero_reset import ZeroResetSteps
 
 
 def pick_device(cfg: Config, env: DistEnv) -> torch.device:
@@ -28,13 +29,38 @@ def pick_device(cfg: Config, env: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
+def process_group_backend(device: torch.device) -> str:
+    """The default group's backend per tensor device (torchtitan's `cpu:gloo,cuda:nccl`): on a GPU, NCCL
+    serves CUDA tensors and gloo the host-side scalars and objects, which NCCL refuses ("No backend type
+    associated with device type cpu"). CPU runs use the same routing syntax with gloo alone."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "cpu:gloo"
+
+
 def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -> None:
-    """gloo on CPU, nccl on GPU; one process gets a world of one so every code path is the same."""
+    """One process gets a world of one so every code path is the same."""
     if dist.is_initialized():
         return
     export_torch_env(env)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(seconds=timeout_s))
+    deepspeed.init_distributed(dist_backend=process_group_backend(device), auto_mpi_discovery=False,
+                               timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def served_devices(backend: str) -> set[str]:
+    """Device types a backend string serves: `cpu:gloo,cuda:nccl` -> {cpu, cuda}; `nccl` -> {cuda}."""
+    bare = {"nccl": "cuda", "gloo": "cpu", "mpi": "cpu"}
+    return {pair.split(":")[0] if ":" in pair else bare.get(pair, "cpu") for pair in backend.split(",")}
+
+
+def collective_device() -> torch.device:
+    """Where a host-side value must live for a collective on the default group: the CPU when a CPU backend
+    serves the group, else the current GPU (a group created with `nccl` alone, e.g. by an outside launcher)."""
+    if "cpu" in served_devices(dist.get_backend()):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _multi_process() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
 
 
 def barrier() -> None:
@@ -43,25 +69,44 @@ def barrier() -> None:
 
 
 def all_reduce_max(value: float) -> float:
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if not _multi_process():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+    if not _multi_process():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
+    dist.all_reduce(t)
     return t.tolist()
 
 
 def broadcast_object(obj, src: int = 0):
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _multi_process():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, device=collective_device())
     return box[0]
+
+
+def gather_object(obj, dst: int = 0) -> list | None:
+    """Every rank's `obj` on rank `dst` (None elsewhere); a one-item list in a single process."""
+    if not _multi_process():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def all_gather_object(obj) -> list:
+    if not _multi_process():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def deepspeed_config(cfg: Config, world_size: int, autocast: bool) -> dict:
@@ -87,41 +132,50 @@ class Ops:
 
     engine: "deepspeed.DeepSpeedEngine"
     optimizer: torch.optim.Optimizer  # the client optimizer
+    zero_steps: ZeroResetSteps | None = None
 
     def reset_optimizer_state(self, params: list[nn.Parameter]) -> None:
-        if self.engine.zero_optimization_stage() > 0:
-            self._reset_zero_partition_slices(params)
+        """Fresh moments and a fresh step count for these parameters, at every ZeRO stage."""
+        if self.engine.zero_optimization_stage() == 0:
+            for p in params:
+                self.optimizer.state.pop(p, None)  # AdamW starts the parameter's state (and step) again
             return
-        for p in params:
-            self.optimizer.state.pop(p, None)
+        self._zero_steps().reset(params)
 
-    def _reset_zero_partition_slices(self, params: list[nn.Parameter]) -> None:
-        """ZeRO-1/2: the client optimizer steps one flat fp32 partition per group, so zero the slices of
-        its state that hold these parameters. Each model parameter is a view into the group's flat
-        buffer, so its offset is a pointer difference. The partition's shared step count is kept."""
-        zero_opt, wanted = self.engine.optimizer, {id(p) for p in params}
-        for i, flat in enumerate(zero_opt.bit16_groups_flat):
-            fp32 = zero_opt.single_partition_of_fp32_groups[i]
-            state = self.optimizer.state.get(fp32, {})
-            moments = [v for v in state.values() if torch.is_tensor(v) and v.shape == fp32.shape]
-            if not moments:
-                continue
-            part = zero_opt.parallel_partitioned_bit16_groups[i][dist.get_rank(group=zero_opt.real_dp_process_group[i])]
-            size = flat.element_size()
-            start = (part.data_ptr() - flat.data_ptr()) // size
-            for p in zero_opt.bit16_groups[i]:
-                if id(p) not in wanted:
-                    continue
-                offset = (p.data_ptr() - flat.data_ptr()) // size
-                lo, hi = max(offset, start), min(offset + p.numel(), start + part.numel())
-                for m in moments if lo < hi else ():
-                    m[lo - start:hi - start].zero_()
+    def _zero_steps(self) -> ZeroResetSteps:
+        if self.zero_steps is None:
+            self.zero_steps = ZeroResetSteps(self.engine, self.optimizer)
+        return self.zero_steps
+
+    def state_dict(self) -> dict:
+        return self.zero_steps.state_dict() if self.zero_steps is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and self.engine.zero_optimization_stage() > 0:
+            self._zero_steps().load_state_dict(state)
 
     def params_changed(self, params: list[nn.Parameter]) -> None:
         zero_opt = self.engine.optimizer
         if self.engine.zero_optimization_stage() > 0:
             # ZeRO-1/2 keep fp32 master partitions; copy the edited model weights into them.
             zero_opt._restore_from_bit16_weights()
+
+
+class HashingCheckpointEngine:
+    """DeepSpeed's torch checkpoint engine, writing each file through checkpoint.save_object, so the rank
+    that writes a file hashes it as it goes. Other engines (decoupled, Nebula) are left alone: rank 0
+    then hashes their files when it seals the checkpoint."""
+
+    def __init__(self, inner):
+        self.inner, self.written = inner, {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def save(self, state_dict, path: str):
+        if type(self.inner).__name__ != "TorchCheckpointEngine":
+            return self.inner.save(state_dict, path)
+        self.written[path] = checkpoint.save_object(state_dict, path, zipfile=self.inner.zipfile_serialization)
 
 
 class Engine:
@@ -198,8 +252,15 @@ class Engine:
         return float(loss), targets.numel()
 
     # --- checkpoints -------------------------------------------------------------------------
-    def save(self, directory: str, client_state: dict) -> None:
+    def save(self, directory: str, client_state: dict) -> dict[str, dict]:
+        """Write this rank's part of the engine state; returns the manifest entries (path relative to
+        `directory` -> size and hashes) of the files this rank wrote, hashed while writing them."""
+        if not isinstance(self.ds.checkpoint_engine, HashingCheckpointEngine):
+            self.ds.checkpoint_engine = HashingCheckpointEngine(self.ds.checkpoint_engine)
+        self.ds.checkpoint_engine.written = {}
+        client_state = {**client_state, "ops": self.ops.state_dict()}  # per-parameter reset steps (ZeRO-1/2)
         self.ds.save_checkpoint(directory, tag="engine", client_state=client_state, save_latest=False)
+        return {os.path.relpath(path, directory): entry for path, entry in self.ds.checkpoint_engine.written.items()}
 
     def load(self, directory: str) -> dict:
         # An optimizer that shards its own state reloads each rank's shard itself (Trainer.maybe_resume).
@@ -208,6 +269,7 @@ class Engine:
                                                      load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"checkpoint {directory} has no engine state")
+        self.ops.load_state_dict(client_state.pop("ops", {}))
         return client_state
 
     # --- accounting --------------------------------------------------------------------------
@@ -220,14 +282,35 @@ class Engine:
         return tensors
 
     def grad_bytes(self) -> int:
-        params = [p for p in self.module.parameters() if p.requires_grad]
+        """Gradient memory this rank holds at its peak in a step, besides DeepSpeed's reduce buckets
+        (grad_bucket_bytes). ZeRO-0 and ZeRO-1 keep every parameter's full gradient until the boundary reduce
+        (ZeRO-1 partitions only the optimizer state). ZeRO-2 reduces each gradient as backward produces it and
+        keeps those of the parameters in this rank's partition twice: where the reduce lands (parameter dtype)
+        and the accumulator (DeepSpeed's gradient-accumulation dtype). Checked against the live tensors of
+        DeepSpeed 0.19 in tests/trainer/test_engine.py."""
+        stage, opt = self.ds.zero_optimization_stage(), self.ds.optimizer
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
         if self.steps_in_backward and self.accumulation == 1:  # one parameter's gradient lives at a time
-            return max((p.numel() * p.element_size() for p in params), default=0)
-        if self.ds.zero_optimization_stage() > 0:
-            opt = self.ds.optimizer
-            parts = getattr(opt, "single_partition_of_fp32_groups", [])
-            return sum(p.numel() * p.element_size() for p in parts)  # one partition's worth of gradient
-        return sum(p.numel() * p.element_size() for p in params)
+            return max((p.numel() * p.element_size() for p in trainable), default=0)
+        if stage == 2:
+            in_partition = sum(p.numel() for group in opt.params_in_partition for p in group)
+            return in_partition * (_dtype_bytes(opt.dtype) + _dtype_bytes(opt.gradient_accumulation_dtype))
+        if stage == 1 and opt.use_grad_accum_attribute:  # low-precision weights: gradients accumulate in fp32
+            return sum(p.numel() for p in trainable) * _dtype_bytes(opt.gradient_accumulation_dtype)
+        return sum(p.numel() * p.element_size() for p in trainable)
+
+    def grad_bucket_bytes(self) -> int:
+        """DeepSpeed's contiguous reduce buffers at ZeRO-1/2: `reduce_bucket_size` elements each (two with
+        overlap_comm), allocated at every backward whatever the model's size (default 5e8 elements: 2 GB fp32)."""
+        opt = self.ds.optimizer
+        if self.ds.zero_optimization_stage() == 0 or not opt.contiguous_gradients:
+            return 0
+        buffers = (2 if opt.overlap_comm else 1) * len(opt.ipg_buckets)  # one bucket per communication dtype
+        return buffers * int(opt.reduce_bucket_size) * _dtype_bytes(opt._gradient_reduction_buffer_dtype())
+
+
+def _dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
 
 
 def destroy() -> None:

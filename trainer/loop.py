@@ -14,6 +14,7 @@ from trainer.data import Corpus, TrainBatches, val_batches
 from trainer.metrics import MetricsLog, peak_memory_bytes, tensor_bytes
 from trainer.signals import EXIT_PREEMPTED, StopRequest
 from trainer.strategy import Aggregator, ParamStrategy
+from trainer.throughput import ThroughputMeter
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Trainer:
         self.ckpt_root = os.path.join(run_dir, "checkpoints")
         self.batches = TrainBatches(data, cfg.train.global_batch_size, cfg.train.micro_batch_size, rank, world_size, cfg.train.seed)
         self.state = TrainState()
+        self.throughput = ThroughputMeter(engine.module, cfg.data.seq_len, world_size, engine.device, cfg.train.peak_tflops)
         if not agg.uses_engine_allreduce:
             engine.disable_allreduce()
 
@@ -91,6 +93,7 @@ class Trainer:
         out = {f"{k}": v for k, v in peak_memory_bytes(self.engine.device).items()}
         out["mem/param_bytes"] = tensor_bytes(list(module.parameters()) + list(module.buffers()))
         out["mem/grad_bytes"] = self.engine.grad_bytes()
+        out["mem/grad_bucket_bytes"] = self.engine.grad_bucket_bytes()
         out["mem/optim_state_bytes"] = tensor_bytes(self.engine.optimizer_state_tensors())
         out["mem/optim_state_bytes_max_rank"] = eng.all_reduce_max(out["mem/optim_state_bytes"])
         return out
@@ -101,29 +104,34 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def save(self) -> None:
+        """Every rank writes and hashes its own files; rank 0 seals the checkpoint with their hashes."""
         step = self.state.step
         tmp = checkpoint.tmp_dir(self.ckpt_root, step)
         os.makedirs(tmp, exist_ok=True)
         eng.barrier()
         self.state.strategies = {"param": self.param.state_dict(), "agg": self.agg.state_dict()}
-        self.engine.save(tmp, client_state={})
+        written = self.engine.save(tmp, client_state={})
         rank_state = {"rng": checkpoint.rng_state()}
         if getattr(self.engine.client_optimizer, "state_is_sharded", False):
             rank_state["optimizer"] = self.engine.client_optimizer.state_dict()
-        torch.save(rank_state, checkpoint.rank_file(tmp, self.rank))
+        rank_file = checkpoint.rank_file(tmp, self.rank)
+        written[os.path.basename(rank_file)] = checkpoint.save_object(rank_state, rank_file)
         if self.rank == 0:
-            torch.save(asdict(self.state), checkpoint.shared_file(tmp))
-        eng.barrier()
+            written[os.path.basename(checkpoint.shared_file(tmp))] = checkpoint.save_object(asdict(self.state), checkpoint.shared_file(tmp))
+        everyone = eng.gather_object(written)  # also the barrier: rank 0 goes on once every rank has written
         if self.rank == 0:
-            checkpoint.publish(self.ckpt_root, step)
+            checkpoint.publish(self.ckpt_root, step, {k: v for files in everyone for k, v in files.items()})
             checkpoint.prune(self.ckpt_root, self.cfg.train.keep_last)
         eng.barrier()
 
+    def verify_shared(self, path: str) -> str | None:
+        """train.verify_checkpoint's checks of one checkpoint, the hashing shared by every rank."""
+        problems = eng.all_gather_object(checkpoint.verify(path, self.cfg.train.verify_checkpoint, self.rank, self.world_size))
+        return next((p for p in problems if p), None)
+
     def maybe_resume(self) -> None:
-        path = None
-        if self.rank == 0:
-            path = checkpoint.find_resume(self.ckpt_root, self.cfg.train.resume, self.log.info)
-        path = eng.broadcast_object(path)
+        path = checkpoint.find_resume(self.ckpt_root, self.cfg.train.resume, self.log.info, self.verify_shared)
+        path = eng.broadcast_object(path)  # rank 0's answer, should a rank have seen another folder listing
         if path is None:
             return
         shared = checkpoint.load_file(checkpoint.shared_file(path))
@@ -152,6 +160,7 @@ class Trainer:
         with StopRequest(t.max_time) as stop:
             while self.state.step < t.steps:
                 metrics = self.train_step(self.state.step)
+                metrics |= self.throughput(metrics)  # MFU, peak memory
                 self.state.step += 1
                 step = self.state.step
                 self.param.on_step_end(step, self.engine.ops)

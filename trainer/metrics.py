@@ -102,15 +102,21 @@ class MetricsLog:
     def progress(self, step: int, metrics: dict, print_line: bool) -> None:
         if not self.is_main:
             return
+        perf = {}
+        if "train/mfu" in metrics:
+            perf["mfu"] = f"{100 * metrics['train/mfu']:.1f}%"
+        if "mem/peak_bytes" in metrics:
+            perf["peak_mem"] = f"{metrics['mem/peak_bytes'] / 2**30:.2f}GiB"
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+            self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}",
+                                 tok_s=f"{metrics['train/tokens_per_s']:.0f}", **perf)
             self.bar.refresh()
         elif print_line:
             self.info(
                 f"step {step}/{self.total_steps} loss {metrics['train/loss']:.4f} lr {metrics['train/lr']:.2e} "
                 f"grad_norm {metrics.get('train/grad_norm') or 0:.3f} {metrics['train/tokens_per_s']:.0f} tok/s "
-                f"{metrics['train/step_time_s'] * 1000:.0f} ms/step"
+                f"{metrics['train/step_time_s'] * 1000:.0f} ms/step" + "".join(f" {k} {v}" for k, v in perf.items())
             )
 
     def info(self, message: str) -> None:

@@ -1,7 +1,12 @@
 """Atomic checkpoints: sealed by a manifest, verified on resume, pruned, corrupt ones skipped."""
+import hashlib
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 
 from trainer import checkpoint
 
@@ -75,3 +80,121 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="cannot be read.*train.resume="):
         checkpoint.load_file(str(bad))
+
+
+# --- hashes made while writing, chunked, shared on verification -------------------------------------
+def test_hash_while_writing_equals_a_reread(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "CHUNK", 1000)  # many chunks, boundaries inside torch's writes
+    path = str(tmp_path / "x.pt")
+    entry = checkpoint.save_object({"w": torch.randn(3000), "step": 7}, path)
+    assert entry == checkpoint.hash_file(path)
+    assert entry["bytes"] == os.path.getsize(path) and len(entry["sha256_chunks"]) == -(-entry["bytes"] // 1000)
+    assert torch.load(path, weights_only=False)["step"] == 7
+
+
+def test_manifest_uses_recorded_hashes_and_hashes_only_the_rest(tmp_path, monkeypatch):
+    tmp = checkpoint.tmp_dir(tmp_path, 1)
+    os.makedirs(tmp)
+    recorded = {"model.pt": checkpoint.save_object(torch.zeros(10), os.path.join(tmp, "model.pt"))}
+    (Path(tmp) / "script.py").write_text("print()")  # written by someone who did not record it
+    hashed = []
+    real = checkpoint.hash_file
+    monkeypatch.setattr(checkpoint, "hash_file", lambda p: hashed.append(os.path.basename(p)) or real(p))
+    path = checkpoint.publish(str(tmp_path), 1, recorded)
+    assert hashed == ["script.py"]
+    assert checkpoint.verify(path, "full") is None
+
+
+@pytest.mark.parametrize("damage, caught_by", [("flip", {"full"}), ("truncate", {"full", "sizes"}),
+                                               ("delete", {"full", "sizes"}), ("manifest", {"full", "sizes", "off"})])
+def test_each_verify_mode_catches_what_it_promises(tmp_path, damage, caught_by):
+    path = fake_checkpoint(tmp_path, 4)
+    target = os.path.join(path, "engine", "model.pt")
+    if damage == "flip":
+        with open(target, "r+b") as f:
+            f.seek(500)
+            f.write(b"y")
+    elif damage == "truncate":
+        os.truncate(target, 10)
+    elif damage == "delete":
+        os.remove(target)
+    else:
+        os.remove(os.path.join(path, checkpoint.MANIFEST))
+    caught = {mode for mode in checkpoint.VERIFY_MODES if checkpoint.verify(path, mode) is not None}
+    assert caught == caught_by
+
+
+@pytest.mark.parametrize("flipped", [0, 2500, 4999])
+def test_full_verification_is_shared_between_ranks(tmp_path, monkeypatch, flipped):
+    monkeypatch.setattr(checkpoint, "CHUNK", 1000)
+    path = fake_checkpoint(tmp_path, 1, payload=bytes(5000))
+    assert all(checkpoint.verify(path, "full", rank, 3) is None for rank in range(3))
+    read = []
+    real = checkpoint._hash_range
+    monkeypatch.setattr(checkpoint, "_hash_range", lambda p, start, n: read.append((p, start)) or real(p, start, n))
+    with open(os.path.join(path, "engine", "model.pt"), "r+b") as f:
+        f.seek(flipped)
+        f.write(b"y")
+    problems = [checkpoint.verify(path, "full", rank, 3) for rank in range(3)]
+    assert sum(p is not None for p in problems) == 1  # exactly one rank hashed the damaged chunk
+    assert len(read) == len(set(read)) == 5 + 1  # every chunk of both files once, over all ranks
+
+
+def test_a_manifest_with_whole_file_hashes_still_verifies(tmp_path):
+    path = fake_checkpoint(tmp_path, 2)
+    manifest = checkpoint.read_manifest(path)
+    for rel, meta in manifest["files"].items():
+        meta.pop("sha256_chunks")
+        meta["sha256"] = hashlib.sha256((Path(path) / rel).read_bytes()).hexdigest()
+    (Path(path) / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    assert checkpoint.verify(path, "full") is None
+    with open(os.path.join(path, "engine", "model.pt"), "r+b") as f:
+        f.write(b"y")
+    assert "checksum" in checkpoint.verify(path, "full")
+
+
+# --- re-saving a step never leaves a moment without a good checkpoint --------------------------------
+def resumable(root) -> bytes | None:
+    """The payload of the checkpoint resume would pick (full verification), or None."""
+    path = checkpoint.find_resume(str(root), "auto", lambda message: None)
+    return None if path is None else (Path(path) / "engine" / "model.pt").read_bytes()
+
+
+def test_publish_over_an_existing_step_keeps_a_good_checkpoint_at_every_moment(tmp_path, monkeypatch):
+    fake_checkpoint(tmp_path, 5, payload=b"old" * 100)  # keep_last=1: the only checkpoint
+    seen = []
+    for name in ("replace", "rename"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real: (seen.append(resumable(tmp_path)), _real(*a))[1])
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **kw: (seen.append(resumable(tmp_path)), real_rmtree(*a, **kw))[1])
+    fake_checkpoint(tmp_path, 5, payload=b"new" * 100)
+    monkeypatch.undo()
+    assert seen and all(payload is not None for payload in seen), seen
+    assert resumable(tmp_path) == b"new" * 100
+
+
+@pytest.mark.parametrize("fail_at", range(4))
+def test_a_publish_cut_short_at_any_point_leaves_a_good_checkpoint(tmp_path, monkeypatch, fail_at):
+    fake_checkpoint(tmp_path, 5, payload=b"old" * 100)
+    calls = []
+
+    def crash_or(real):
+        def op(*a, **kw):
+            calls.append(real)
+            if len(calls) - 1 == fail_at:
+                raise OSError("injected crash")
+            return real(*a, **kw)
+        return op
+
+    monkeypatch.setattr(os, "replace", crash_or(os.replace))
+    monkeypatch.setattr(shutil, "rmtree", crash_or(shutil.rmtree))
+    try:
+        fake_checkpoint(tmp_path, 5, payload=b"new" * 100)
+    except OSError:
+        pass
+    monkeypatch.undo()
+    assert resumable(tmp_path) in (b"old" * 100, b"new" * 100)
+    checkpoint.prune(str(tmp_path), keep_last=1)  # the next save's clean-up
+    assert resumable(tmp_path) in (b"old" * 100, b"new" * 100)
+    assert len(checkpoint.list_checkpoints(str(tmp_path))) == 1

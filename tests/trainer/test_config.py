@@ -70,6 +70,13 @@ def test_bad_enum_value(tmp_path):
         run_in_process(tmp_path, ["train.zero_stage=3"])
 
 
+@pytest.mark.parametrize("override, message", [("train.verify_checkpoint=sha", r"train.verify_checkpoint: 'sha' is not full, sizes or off"),
+                                               ("train.peak_tflops=-1", r"train.peak_tflops: must be >= 0")])
+def test_bad_gpu_path_values(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run_in_process(tmp_path, [override])
+
+
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     args = [f"run.out_dir={tmp_path}", "train.global_batch_size=10", "train.micro_batch_size=4"]
     proc = subprocess.run(train_command(args), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)

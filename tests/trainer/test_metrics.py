@@ -47,3 +47,16 @@ def test_only_the_main_rank_touches_the_file(tmp_path):
     write_steps(open_log(tmp_path), range(3))
     MetricsLog(str(tmp_path), LogConfig(wandb="disabled"), False, 10, {}, "run").begin(0)
     assert steps_in(tmp_path / "metrics.jsonl") == [0, 1, 2]
+
+
+def test_progress_lines_show_mfu_and_peak_memory(tmp_path, capsys):
+    log = open_log(tmp_path)
+    metrics = {"train/loss": 2.0, "train/lr": 1e-3, "train/grad_norm": 1.0, "train/tokens_per_s": 5000.0,
+               "train/step_time_s": 0.1, "train/mfu": 0.4123, "mem/peak_bytes": 3 * 2**30}
+    log.progress(10, metrics, print_line=True)
+    line = capsys.readouterr().out
+    assert "5000 tok/s" in line and "mfu 41.2%" in line and "peak_mem 3.00GiB" in line
+    del metrics["train/mfu"]  # no known peak (a CPU): no MFU, memory still shown
+    log.progress(10, metrics, print_line=True)
+    line = capsys.readouterr().out
+    assert "mfu" not in line and "peak_mem 3.00GiB" in line
