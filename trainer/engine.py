@@ -181,6 +181,9 @@ class HashingCheckpointEngine:
 class Engine:
     """A DeepSpeed engine plus the few operations the loop needs."""
 
+    steps_in_backward = False  # the optimizer updates each weight in its gradient hook (optim/base.py)
+    accumulation = 1  # micro-batches per optimizer step
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, world_size: int, device: torch.device):
         self.precision = precision.resolve(cfg.train.precision, device.type)
         self.autocast = precision.autocast_dtype(self.precision)
