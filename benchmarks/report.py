@@ -184,11 +184,71 @@ def targets(mem, q, d) -> str:
             lines.append(f"| {r['label']} final loss within 5% of full rank (CPU quality run) | {v:.4f} | {verdict(v, lambda x: x <= 1.05)} |")
     else:
         lines.append(f"| each strategy's final loss within 5% of full rank | {NOT_MEASURED} | {NOT_MEASURED} |")
+    lines += memory_scale_targets(load("memory_scale"))
     for name in ("full-rank 1b MFU >= 40% (GPU)", "SLTrain throughput >= 0.9x full rank (GPU, 350m bf16)",
                  "DCT throughput >= 0.9x full rank (GPU, 350m bf16)"):
         gpu = load("gpu")
         lines.append(f"| {name} | {NOT_MEASURED if gpu is None else 'see GPU section'} | {NOT_MEASURED if gpu is None else 'see GPU section'} |")
     return "\n".join(lines) + "\n"
+
+
+GIB = 2**30
+
+
+def memory_scale_section(ms, low_full, low_sltrain) -> str:
+    """benchmarks/memory_scale.py's estimator rows, its real-tensor checks, and the low-memory quality runs."""
+    if ms is None:
+        return f"{NOT_MEASURED}: run `python benchmarks/memory_scale.py --real`.\n"
+    out = ["Peak bytes of one training step of one process, from `python -m trainer.memory` (FakeTensorMode + "
+           "MemTracker on CPU: nothing allocated; vocabulary 32000, 256-token sequences; weights / gradients / "
+           "optimizer state / activations + temporaries at the moment of the peak). Command: "
+           f"`{ms['command']}`; settings `{' '.join(ms['common'])}`. The peer row is galore-torch's 8-bit per-layer "
+           "GaLore (bf16 weights, rank 1024, step inside backward), counted through its stand-in `optim=galore_adamw "
+           "optim.state_dtype=int8`, whose state holds 0.991x the real GaLoreAdamW8bit's bytes "
+           "(tests/optim/test_galore_torch_peer.py), because bitsandbytes' kernels fail under fake tensors.\n"]
+    for setting, rows in ms["results"].items():
+        out += [f"\n**{setting}** (GiB)\n", "| configuration | weights | grads | optimizer state | act + temp | **peak** | estimate s |",
+                "|---|---|---|---|---|---|---|"]
+        for label, r in rows.items():
+            if "error" in r:
+                out.append(f"| {label} | {r['error']} | | | | | |")
+                continue
+            b = r["bytes"]
+            act = b["activations"] + b["temporaries"] + b.get("inputs", 0)
+            out.append(f"| {label} | {b['weights'] / GIB:.2f} | {b['gradients'] / GIB:.2f} | {b['optimizer_state'] / GIB:.2f} "
+                       f"| {act / GIB:.2f} | **{b['total'] / GIB:.2f}** | {r['wall_s']:.0f} |")
+    out.append("\n![memory at 7b](../benchmarks/results/memory_scale.png)\n")
+    for name, r in (ms.get("real") or {}).items():
+        out.append(f"- real CPU tensors, {name} (`{' '.join(r['overrides'])}`): measured {r['measured'] / GIB:.3f} GiB, "
+                   f"estimated {r['estimated'] / GIB:.3f} GiB, measured / estimated {r['ratio']:.4f}")
+    if "best_over_today_1b" in ms:
+        out.append(f"- estimated best / today's mode at 1b: {ms['best_over_today_1b']:.3f}")
+    for q in (low_full, low_sltrain):
+        if q is not None:
+            ref, low = q["results"][0], q["results"][1]
+            out.append(f"- quality, 20m 400 steps x 2048 tokens (`{q['command']}`): {ref['label']} {ref['final_val_loss']:.4f}, "
+                       f"{low['label']} (pure bf16 + int8 states + step in backward) {low['final_val_loss']:.4f} "
+                       f"= {low['final_val_loss'] / ref['final_val_loss']:.4f}x")
+    return "\n".join(out) + "\n"
+
+
+def memory_scale_targets(ms) -> list[str]:
+    rows = (ms or {}).get("results", {}).get("7b, 1 x 256", {})
+
+    def total(label):
+        r = rows.get(label)
+        return None if r is None or "error" in r else r["bytes"]["total"] / GIB
+
+    best = min((t for t in map(total, rows) if t is not None), default=None)
+    checks = [("7b step at 1 x 256, best configuration <= 15 GiB (estimated)", best, lambda v: v <= 15),
+              ("7b dct_adamw + 8-bit + step in backward <= 20 GiB (estimated)",
+               total("... + dct_adamw (rank 1024 at 7b)"), lambda v: v <= 20),
+              ("7b sltrain + 8-bit + step in backward <= 17 GiB (estimated)",
+               total("sltrain + pure bf16 + step in backward + 8-bit AdamW"), lambda v: v <= 17),
+              ("estimated best / today's mode at 1b <= 0.25", (ms or {}).get("best_over_today_1b"), lambda v: v <= 0.25)]
+    for name, r in ((ms or {}).get("real") or {}).items():
+        checks.append((f"real vs estimated peak within 2% ({name})", r["ratio"], lambda v: abs(v - 1) <= 0.02))
+    return [f"| {name} | {fmt(v)} | {verdict(v, ok)} |" for name, v, ok in checks]
 
 
 PAPERS = """These are the papers' numbers (shared/METHODS.md), not ours; their setting (C4 or OpenWebText,
@@ -226,6 +286,9 @@ Machine: {machine()}, 2 cores shared with other work (figures are medians and ra
 ## Quality (validation loss, wikitext-103 validation text, 20m model)
 
 {quality_section(q)}{longer_runs_section({"sltrain": load("quality_sltrain"), "sst": load("quality_sst")})}
+## Memory at scale
+
+{memory_scale_section(load("memory_scale"), load("quality_lowmem_full"), load("quality_lowmem_sltrain"))}
 ## Memory
 
 {memory_section(mem)}

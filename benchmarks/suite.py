@@ -9,7 +9,10 @@
 3. quality.py: every strategy and the galore-torch peer on ../shared/data/wikitext103_valid.txt, 20m
    model, the same seed and token budget;
 4. dct_vs_galore.py: the DCT optimizer against galore-torch on the 130m projections, rank 256;
-5. flag_cost.py: the aggregation cost of Flag vs mean.
+5. flag_cost.py: the aggregation cost of Flag vs mean;
+6. memory_scale.py --real: the estimator's peak of a 1b and 7b step per low-memory configuration, and two
+   real-tensor checks of it (about 35 minutes).
+The low-memory quality runs (quality_lowmem_*.json) come from their commands in docs/RESULTS.md.
 The Byzantine robustness table comes from benchmarks/flag_robustness.py (about 30 minutes on its
 own), included in the report when its results exist. GPU figures come from benchmarks/gpu.py.
 """
@@ -48,7 +51,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--quality-steps", type=int, default=200)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "speed", "quality", "dct", "flag"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "speed", "quality", "dct", "flag", "memory_scale"])
     args = parser.parse_args(argv)
     if not args.report_only:
         b = "benchmarks/"
@@ -61,6 +64,8 @@ def main(argv=None) -> None:
             timings["dct"] = stage("dct vs galore-torch", [b + "dct_vs_galore.py", "--size", "130m", "--rank", "256", "--gap", "4", "--steps", "13"])
         if "flag" not in args.skip:
             timings["flag"] = stage("flag cost", [b + "flag_cost.py"])
+        if "memory_scale" not in args.skip:
+            timings["memory_scale"] = stage("memory at scale", [b + "memory_scale.py", "--real"])
         if "quality" not in args.skip:
             runs = [x for pair in QUALITY_RUNS for x in pair]
             timings["quality"] = stage("quality", [b + "quality.py", "--out", "suite", "--steps", str(args.quality_steps),
