@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from trainer import checkpoint, engine as eng
+from trainer import checkpoint, engine as eng, runfiles
 from trainer.config import Config
 from trainer.data import Corpus, TrainBatches, val_batches
 from trainer.metrics import MetricsLog, peak_memory_bytes, tensor_bytes
@@ -113,6 +113,7 @@ class Trainer:
         torch.save(rank_state, checkpoint.rank_file(tmp, self.rank))
         if self.rank == 0:
             torch.save(asdict(self.state), checkpoint.shared_file(tmp))
+            runfiles.save_into_checkpoint(tmp, self.run_dir, self.cfg, self.data.vocab_size, self.data.tokenizer_path)
         eng.barrier()
         if self.rank == 0:
             checkpoint.publish(self.ckpt_root, step)
