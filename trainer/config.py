@@ -39,6 +39,9 @@ class DataConfig:
     folder | a Hugging Face hub dataset name (needs a network)."""
     text_field: str = "text"
     """Column holding the text in jsonl / parquet / hub sources."""
+    text_documents: str = "blank_line"
+    """How .txt/.text/.md files split into documents: blank_line (paragraphs: a line holding only whitespace ends a
+    document; newlines inside one are kept) | file (each file is one document)."""
     hub_config: str | None = None
     """Subset name for hub datasets (e.g. 'en' for allenai/c4)."""
     streaming: bool = True
@@ -58,7 +61,8 @@ class DataConfig:
     def __post_init__(self):
         _check(self.seq_len > 0, "data.seq_len", "must be positive")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
-        _check(self.vocab_size >= 64, "data.vocab_size", "must be at least 64")
+        _check(self.vocab_size >= 260, "data.vocab_size", "must be at least 260 (256 byte pieces, unk, bos, eos and more)")
+        _check(self.text_documents in ("blank_line", "file"), "data.text_documents", f"{self.text_documents!r} is not blank_line or file")
 
 
 @dataclass

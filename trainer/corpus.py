@@ -59,6 +59,26 @@ def local_files(source: str) -> list[str]:
     return files
 
 
+def text_file_documents(path: str, split: str) -> Iterator[str]:
+    """Documents of a plain-text file: paragraphs (split at lines holding only whitespace) or the whole file.
+    Newlines and indentation inside a document are kept; invalid UTF-8 becomes U+FFFD."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        if split == "file":
+            text = f.read().strip("\n")
+            if text.strip():
+                yield text
+            return
+        lines = []
+        for line in f:
+            if line.strip():
+                lines.append(line)
+            elif lines:
+                yield "".join(lines).rstrip("\n")
+                lines = []
+        if lines:
+            yield "".join(lines).rstrip("\n")
+
+
 def is_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(source)) or Path(source).suffix in LOCAL_FORMATS
 
@@ -73,11 +93,12 @@ def fingerprint(cfg: DataConfig) -> str:
             h.update(f"{os.path.abspath(f)} {st.st_size} {st.st_mtime_ns}".encode())
     else:
         h.update(f"hub {cfg.source} {cfg.hub_config}".encode())
-    h.update(f" field={cfg.text_field} max_tokens={cfg.max_tokens}".encode())
+    h.update(f" field={cfg.text_field} documents={cfg.text_documents} max_tokens={cfg.max_tokens}".encode())
     return h.hexdigest()[:16]
 
 
 def documents(cfg: DataConfig) -> Iterator[str]:
+    """builtin: one docstring each; .txt: see text_file_documents; jsonl / parquet / hub: one row each."""
     if cfg.source == "builtin":
         yield from builtin_documents()
         return
@@ -86,8 +107,12 @@ def documents(cfg: DataConfig) -> Iterator[str]:
     if is_local(cfg.source):
         files = local_files(cfg.source)
         fmt = LOCAL_FORMATS[Path(files[0]).suffix]
+        if fmt == "text":
+            for path in files:
+                yield from text_file_documents(path, cfg.text_documents)
+            return
         ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=True)
-        field = "text" if fmt == "text" else cfg.text_field
+        field = cfg.text_field
     else:
         ds = datasets.load_dataset(cfg.source, cfg.hub_config, split="train", streaming=cfg.streaming)
         field = cfg.text_field

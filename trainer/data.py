@@ -41,11 +41,14 @@ def tokenizer_path(cfg: DataConfig) -> str:
     """The .model file to use: the given one, or a cached one trained on the corpus."""
     if cfg.tokenizer:
         return os.path.expanduser(cfg.tokenizer)
-    key = hashlib.sha256(f"spm-bpe-v1 {corpus.fingerprint(cfg)} {cfg.vocab_size}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"spm-bpe-v2 {corpus.fingerprint(cfg)} {cfg.vocab_size}".encode()).hexdigest()[:16]
     return os.path.join(_cache_dir(cfg), f"tokenizer-{key}.model")
 
 
 def train_tokenizer(cfg: DataConfig, path: str) -> None:
+    """BPE with LLaMA's conventions: no normalization (identity), whitespace kept as it is (code indentation,
+    double spaces), digits split, unknown characters as UTF-8 bytes, so decode(encode(text)) == text.
+    Trained on lines (a newline is encoded through its byte piece, as in LLaMA)."""
     def sentences():
         for doc in corpus.documents(cfg):
             for line in doc.splitlines():
@@ -53,28 +56,39 @@ def train_tokenizer(cfg: DataConfig, path: str) -> None:
                     yield line[:4000]
 
     prefix = _atomic_path(path)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=islice(sentences(), 2_000_000), model_prefix=prefix, vocab_size=cfg.vocab_size,
-        model_type="bpe", byte_fallback=True, character_coverage=0.9995, num_threads=os.cpu_count() or 1,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
-    )
-    os.replace(prefix + ".model", path)
-    for leftover in (prefix, prefix + ".vocab"):
-        if os.path.exists(leftover):
-            os.remove(leftover)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=islice(sentences(), 2_000_000), model_prefix=prefix, vocab_size=cfg.vocab_size,
+            model_type="bpe", byte_fallback=True, character_coverage=0.9995, num_threads=os.cpu_count() or 1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+            split_digits=True, allow_whitespace_only_pieces=True,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        )
+        os.replace(prefix + ".model", path)
+    except RuntimeError as e:  # e.g. more distinct characters than the vocabulary has room for
+        raise ValueError(f"data.vocab_size={cfg.vocab_size}: sentencepiece cannot train on {cfg.source} "
+                         f"({str(e).splitlines()[0][-160:]}); raise data.vocab_size") from None
+    finally:
+        for leftover in (prefix, prefix + ".model", prefix + ".vocab"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
     try:
-        return spm.SentencePieceProcessor(model_file=path)
+        sp = spm.SentencePieceProcessor(model_file=path)
     except (OSError, RuntimeError) as e:
         raise ValueError(f"data.tokenizer={path!r} is not a valid sentencepiece model ({e}); retrain it or fix the path") from None
+    if sp.eos_id() < 0:  # documents are joined with EOS
+        raise ValueError(f"data.tokenizer={path!r} has no EOS piece (eos_id=-1); retrain it with an eos_id "
+                         f"(e.g. --eos_id=2) or leave data.tokenizer unset to train one")
+    return sp
 
 
 def _token_cache_key(cfg: DataConfig, tok_path: str) -> str:
     with open(tok_path, "rb") as f:
         tok_hash = hashlib.sha256(f.read()).hexdigest()[:16]
-    return hashlib.sha256(f"tokens-v1 {corpus.fingerprint(cfg)} {tok_hash} {cfg.seq_len}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"tokens-v2 {corpus.fingerprint(cfg)} {tok_hash} {cfg.seq_len}".encode()).hexdigest()[:16]
 
 
 def tokenize_corpus(cfg: DataConfig, sp: spm.SentencePieceProcessor, path: str) -> None:
