@@ -56,12 +56,16 @@ class DataConfig:
     val_fraction: float = 0.05
     """Last fraction of the token stream held out for validation."""
     cache_dir: str = "~/.cache/slimtrain"
-    """Tokenizers and tokenized corpora, keyed by corpus + tokenizer."""
+    """Tokenizers and tokenized corpora, keyed by corpus + tokenizer. Under torchrun on several machines it must
+    be on a filesystem they share (or run `python -m trainer.prepare` on each machine first)."""
+    num_workers: int = 0
+    """Processes that tokenize the corpus (0: one per CPU core)."""
 
     def __post_init__(self):
         _check(self.seq_len > 0, "data.seq_len", "must be positive")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
         _check(self.vocab_size >= 260, "data.vocab_size", "must be at least 260 (256 byte pieces, unk, bos, eos and more)")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0 (0: one per CPU core)")
         _check(self.text_documents in ("blank_line", "file"), "data.text_documents", f"{self.text_documents!r} is not blank_line or file")
 
 

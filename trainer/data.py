@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import time
 from dataclasses import dataclass
 from itertools import islice
 
@@ -19,22 +19,18 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from trainer import corpus
+from trainer import corpus, tokenizing
 from trainer.config import DataConfig
 
-TOKENIZE_BATCH = 2000
+WAIT_REPORT_S = 30.0
+WAIT_HINT = ("; if the ranks run on several machines, data.cache_dir must be on a filesystem they share, "
+             "or run `python -m trainer.prepare` with the same data settings on each machine first")
 
 
 def _cache_dir(cfg: DataConfig) -> str:
     path = os.path.expanduser(cfg.cache_dir)
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def _atomic_path(final: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=".tmp-")
-    os.close(fd)
-    return tmp
 
 
 def tokenizer_path(cfg: DataConfig) -> str:
@@ -55,7 +51,7 @@ def train_tokenizer(cfg: DataConfig, path: str) -> None:
                 if line.strip():
                     yield line[:4000]
 
-    prefix = _atomic_path(path)
+    prefix = tokenizing.temp_path(path)
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=islice(sentences(), 2_000_000), model_prefix=prefix, vocab_size=cfg.vocab_size,
@@ -91,26 +87,51 @@ def _token_cache_key(cfg: DataConfig, tok_path: str) -> str:
     return hashlib.sha256(f"tokens-v2 {corpus.fingerprint(cfg)} {tok_hash} {cfg.seq_len}".encode()).hexdigest()[:16]
 
 
-def tokenize_corpus(cfg: DataConfig, sp: spm.SentencePieceProcessor, path: str) -> None:
-    """Write the corpus as one flat token array (EOS after each document) to `path`."""
-    dtype = np.uint16 if sp.vocab_size() < 2**16 else np.uint32
-    tmp, num_tokens, eos = _atomic_path(path), 0, sp.eos_id()
-    with open(tmp, "wb") as out:
-        docs = corpus.documents(cfg)
-        while batch := list(islice(docs, TOKENIZE_BATCH)):
-            for ids in sp.encode(batch):
-                ids.append(eos)
-                out.write(np.asarray(ids, dtype=dtype).tobytes())
-                num_tokens += len(ids)
-            if cfg.max_tokens and num_tokens >= cfg.max_tokens:
-                break
-    if num_tokens == 0:
-        os.remove(tmp)
-        raise ValueError(f"data.source={cfg.source!r} contains no text; point it at a non-empty corpus")
-    with open(path + ".json.tmp", "w") as f:
-        json.dump({"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "source": cfg.source}, f)
-    os.replace(tmp, path)
-    os.replace(path + ".json.tmp", path + ".json")
+def tokenize_corpus(cfg: DataConfig, tok_path: str, path: str) -> None:
+    """Write the corpus as one flat token array (EOS after each document) to `path`, in parallel."""
+    tokenizing.write_tokens(cfg, tok_path, path, cfg.num_workers or os.cpu_count() or 1)
+
+
+def _build_or_wait(is_main: bool, done: str, what: str, build) -> None:
+    """The main rank builds; the others wait for the file, outside any collective (a barrier's timeout would
+    kill the job while the main rank tokenizes a large corpus). A failure on the main rank is left in
+    `done`.failed so the waiting ranks stop with the same message."""
+    if is_main:
+        if os.path.exists(done):
+            return
+        try:
+            build()
+        except Exception as e:
+            with open(done + ".failed", "w") as f:
+                f.write(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise
+        if os.path.exists(done + ".failed"):
+            os.remove(done + ".failed")
+        return
+    wait_for(done, what)
+
+
+def wait_for(path: str, what: str, poll_s: float = 0.5, log=print) -> None:
+    start = last = time.time()
+    progress, failed = path.removesuffix(".json") + ".progress", path + ".failed"
+    while not os.path.exists(path):
+        if os.path.exists(failed) and os.path.getmtime(failed) >= start:
+            with open(failed) as f:
+                raise ValueError(f"the main rank failed to {what}: {f.read()}")
+        if time.time() - last >= WAIT_REPORT_S:
+            last = time.time()
+            status = _read(progress) or "no progress visible yet"
+            hint = WAIT_HINT if last - start > 300 and status.startswith("no progress") else ""
+            log(f"data: waited {last - start:.0f} s for the main rank to {what} ({status}){hint}", flush=True)
+        time.sleep(poll_s)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:  # not written yet, or just removed because the work is done
+        return ""
 
 
 @dataclass
@@ -130,16 +151,24 @@ class Corpus:
 def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus:
     """Build (on the main rank) or find the tokenizer and token cache, then open them everywhere."""
     tok_path = tokenizer_path(cfg)
-    if is_main and not os.path.exists(tok_path):
+    if is_main:
+        tokenizing.remove_stale_temps(_cache_dir(cfg))
+
+    def train():
         print(f"data: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source} (cached for later runs)", flush=True)
         train_tokenizer(cfg, tok_path)
-    barrier()
+
+    _build_or_wait(is_main, tok_path, "train the tokenizer", train)
     sp = load_tokenizer(tok_path)
     tokens_path = os.path.join(_cache_dir(cfg), f"tokens-{_token_cache_key(cfg, tok_path)}.bin")
-    if is_main and not os.path.exists(tokens_path + ".json"):
-        print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs)", flush=True)
-        tokenize_corpus(cfg, sp, tokens_path)
-    barrier()
+
+    def tokenize():
+        print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs; "
+              f"`python -m trainer.prepare` does this ahead of training)", flush=True)
+        tokenize_corpus(cfg, tok_path, tokens_path)
+
+    _build_or_wait(is_main, tokens_path + ".json", "tokenize the corpus", tokenize)
+    barrier()  # every rank has the files by now, so this is quick
     with open(tokens_path + ".json") as f:
         meta = json.load(f)
     tokens = np.memmap(tokens_path, dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))

@@ -148,3 +148,25 @@ def test_a_tokenizer_without_eos_is_refused(tmp_path):
     cfg = cfg_for(tmp_path, source, tokenizer=str(tmp_path / "noeos.model"))
     with pytest.raises(ValueError, match=r"data.tokenizer=.* has no EOS piece"):
         data.prepare(cfg, True, lambda: None)
+
+
+def test_waiting_ranks_show_the_main_ranks_progress_and_its_failure(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(data, "WAIT_REPORT_S", 0.05)
+    done, lines = tmp_path / "tokens.bin.json", []
+
+    def main_rank():
+        time.sleep(0.3)
+        (tmp_path / "tokens.bin.progress").write_text("data: tokenizing x: 1.0 MB, 0.50 M tokens/s, ETA 0m09s")
+        time.sleep(0.3)
+        done.write_text("{}")
+
+    threading.Thread(target=main_rank).start()
+    data.wait_for(str(done), "tokenize the corpus", poll_s=0.02, log=lambda text, **k: lines.append(text))
+    assert any("ETA 0m09s" in line for line in lines) and all("tokenize the corpus" in line for line in lines)
+
+    late = tmp_path / "other.bin.json"
+    threading.Timer(0.2, lambda: (tmp_path / "other.bin.json.failed").write_text("data.source='x' contains no text")).start()
+    with pytest.raises(ValueError, match="the main rank failed to tokenize the corpus: data.source='x' contains no text"):
+        data.wait_for(str(late), "tokenize the corpus", poll_s=0.02, log=lambda *a, **k: None)
