@@ -19,7 +19,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from trainer import corpus, tokenizing
+from trainer import corpus, stream, tokenizing
 from trainer.config import DataConfig
 
 WAIT_REPORT_S = 30.0
@@ -142,13 +142,28 @@ class Corpus:
     num_val: int  # held-out sequences, after the training ones
     vocab_size: int
     tokenizer_path: str
+    _perm: tuple = (None, None)  # ((seed, epoch), permutation) last used
 
     def sequence(self, index: int) -> np.ndarray:
         start = index * self.seq_len
         return self.tokens[start : start + self.seq_len + 1]
 
+    def train_index(self, sample: int, seed: int) -> int:
+        """The sequence of training sample `sample`: a per-epoch permutation of the training sequences."""
+        epoch, pos = divmod(sample, self.num_train)
+        if self._perm[0] != (seed, epoch):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            self._perm = ((seed, epoch), torch.randperm(self.num_train, generator=gen))
+        return int(self._perm[1][pos])
 
-def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus:
+    def val_index(self, j: int) -> int:
+        return self.num_train + j
+
+    def wait_for_samples(self, first: int, end: int) -> None:
+        """All of a step's samples are on disk (a stream's may not be yet: trainer/stream.py)."""
+
+
+def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus | stream.StreamCorpus:
     """Build (on the main rank) or find the tokenizer and token cache, then open them everywhere."""
     tok_path = tokenizer_path(cfg)
     if is_main:
@@ -161,6 +176,8 @@ def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus:
     _build_or_wait(is_main, tok_path, "train the tokenizer", train)
     sp = load_tokenizer(tok_path)
     tokens_path = os.path.join(_cache_dir(cfg), f"tokens-{_token_cache_key(cfg, tok_path)}.bin")
+    if stream.is_stream(cfg):  # a hub stream: tokenized in chunks while training, never whole before step 1
+        return stream.open_stream(cfg, tok_path, tokens_path.removesuffix(".bin"), sp.vocab_size(), is_main)
 
     def tokenize():
         print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs; "
@@ -185,25 +202,17 @@ class TrainBatches:
     def __init__(self, data: Corpus, global_batch: int, micro_batch: int, rank: int, world_size: int, seed: int):
         self.data, self.global_batch, self.micro_batch = data, global_batch, micro_batch
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self._perm_epoch, self._perm = -1, None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.data.num_train, generator=gen), epoch
-        return self._perm
-
-    def _sequence_index(self, sample: int) -> int:
-        epoch, pos = divmod(sample, self.data.num_train)
-        return int(self._permutation(epoch)[pos])
 
     def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Inputs and targets, each (micro_batch, seq_len) int64, for 0-based optimizer step `step`."""
+        # Every rank waits for the whole step's data, before any collective of the step, so no rank sits in
+        # an all-reduce (with its timeout) while another waits for a stream's next chunk.
+        self.data.wait_for_samples(step * self.global_batch, (step + 1) * self.global_batch)
         per_rank = self.global_batch // self.world_size
         first = step * self.global_batch + self.rank * per_rank
         out = []
         for start in range(first, first + per_rank, self.micro_batch):
-            rows = np.stack([self.data.sequence(self._sequence_index(i)) for i in range(start, start + self.micro_batch)])
+            rows = np.stack([self.data.sequence(self.data.train_index(i, self.seed)) for i in range(start, start + self.micro_batch)])
             rows = torch.from_numpy(rows.astype(np.int64))
             out.append((rows[:, :-1], rows[:, 1:]))
         return out
@@ -213,6 +222,6 @@ def val_batches(data: Corpus, micro_batch: int, num_batches: int, rank: int, wor
     """This rank's share of the first num_batches x world_size held-out micro-batches."""
     total = min(num_batches * world_size, data.num_val // micro_batch) or 0
     for b in range(rank, total, world_size):
-        idx = range(data.num_train + b * micro_batch, data.num_train + (b + 1) * micro_batch)
-        rows = torch.from_numpy(np.stack([data.sequence(i) for i in idx]).astype(np.int64))
+        idx = range(b * micro_batch, (b + 1) * micro_batch)
+        rows = torch.from_numpy(np.stack([data.sequence(data.val_index(j)) for j in idx]).astype(np.int64))
         yield rows[:, :-1], rows[:, 1:]

@@ -3,6 +3,8 @@
     python -m trainer.prepare data.source=corpus.txt data.vocab_size=32000 [data.num_workers=8]
 
 Takes the same `data.*` overrides as train.py (the cache key is the same, so the run then starts at once).
+A streamed hub source (data.max_tokens=0) is written chunk by chunk until it ends or you stop it: the run
+uses the chunks on disk and tokenizes the rest while it trains.
 On a cluster, run it once before submitting, on a filesystem the nodes share (data.cache_dir); the job's
 ranks then find the cache instead of waiting for rank 0 to build it.
 """
@@ -15,7 +17,7 @@ import time
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer import corpus, data
+from trainer import corpus, data, stream
 from trainer.config import DataConfig
 
 
@@ -46,6 +48,13 @@ def prepare(cfg: DataConfig) -> dict:
         print(f"prepare: tokenizer trained in {out['tokenizer_s']:.1f} s: {tok_path}", flush=True)
     data.load_tokenizer(tok_path)
     start = time.perf_counter()
+    if stream.is_stream(cfg):  # the whole stream, chunk by chunk; stop it any time, the chunks written stay usable
+        prefix = os.path.join(os.path.expanduser(cfg.cache_dir), f"tokens-{data._token_cache_key(cfg, tok_path)}")
+        base = stream.base_path(cfg, prefix)
+        stream.produce(cfg, tok_path, base, cfg.num_workers or os.cpu_count() or 1)
+        state = stream.read_state(base)
+        tokens = (state["num_chunks"] - 1) * cfg.stream_chunk_tokens + state["last_tokens"]
+        return {**out, "tokens": tokens, "tokens_path": base + ".*.bin", "tokenize_s": time.perf_counter() - start}
     corpus_data = data.prepare(cfg, True, lambda: None)
     out.update(tokens=len(corpus_data.tokens), tokens_path=corpus_data.tokens.filename, tokenize_s=time.perf_counter() - start)
     return out

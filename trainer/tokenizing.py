@@ -120,9 +120,10 @@ def work_units(cfg: DataConfig, workers: int):
     return document_batches(cfg, unit(BATCH_CHARS)), total
 
 
-def _results(units, workers: int, sp_path: str, dtype: str):
-    """Each unit's result, in unit order; at most 2 x workers units read ahead."""
-    if workers <= 1:
+def _results(units, workers: int, sp_path: str, dtype: str, pool: bool = False):
+    """Each unit's result, in unit order; at most 2 x workers units read ahead. pool: worker processes even
+    for one worker (a background thread then leaves the GIL to the training loop)."""
+    if workers <= 1 and not pool:
         _init_worker(sp_path, dtype)
         yield from map(_run_unit, units)
         return
