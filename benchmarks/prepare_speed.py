@@ -3,7 +3,9 @@ it replaced, on the same text file, measured back to back in one run (the tokeni
 
     python benchmarks/prepare_speed.py [--mb 200] [--repeats 1] [--workers 0]
 
-The text is ../shared/data's corpora repeated to --mb megabytes. Baselines: `serial_lines` is the former
+The text is ../shared/data's corpora repeated to --mb megabytes. Each round first measures how many cores
+the workers actually get (a pure-Python burn in 1 vs N processes): on a shared machine the ratio below is
+only as good as that number. Baselines: `serial_lines` is the former
 path verbatim (HF datasets' text builder, one document per line, sentencepiece's own threads, one array per
 document); `serial_paragraphs` is the same loop over the documents the project now makes (paragraphs).
 Writes benchmarks/results/prepare_speed.json.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -60,10 +63,34 @@ def former_documents(path: str):
             yield row["text"]
 
 
-def timed(fn) -> tuple[int, float]:
+def cpu_seconds() -> float:
+    """This process's and its finished children's CPU time: what the work costs, whatever the load."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _burn(n: int) -> float:
     start = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - start
+
+
+def free_cores(workers: int) -> float:
+    """How many cores `workers` CPU-bound processes actually got just now (a shared machine may give fewer)."""
+    import multiprocessing as mp
+
+    one = _burn(20_000_000)
+    start = time.perf_counter()
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_burn, [20_000_000] * workers)
+    return workers * one / (time.perf_counter() - start)
+
+
+def timed(fn) -> tuple[int, float, float]:
+    start, cpu = time.perf_counter(), cpu_seconds()
     n = fn()
-    return n, time.perf_counter() - start
+    return n, time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def main(argv=None) -> None:
@@ -83,22 +110,28 @@ def main(argv=None) -> None:
     tok_path = data.tokenizer_path(cfg)
     tokenizer_s = None
     if not os.path.exists(tok_path):
-        _, tokenizer_s = timed(lambda: data.train_tokenizer(cfg, tok_path))
+        _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, tok_path))
     sp = spm.SentencePieceProcessor(model_file=tok_path)
-    runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": []}
+    runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
     for _ in range(args.repeats):
+        runs["free_cores"].append(free_cores(workers))
+        print(f"free cores for {workers} processes right now: {runs['free_cores'][-1]:.2f}", flush=True)
         for name, fn in (("serial_lines", lambda: serial(former_documents(str(text)), sp, str(workdir / "a.bin"))),
                          ("serial_paragraphs", lambda: serial(corpus.documents(cfg), sp, str(workdir / "b.bin"))),
-                         ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers))):
+                         ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
+                         ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1))):
             load = os.getloadavg()[0]
-            n, seconds = timed(fn)
-            runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "load_before": load})
-            print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s (load average {load:.1f})", flush=True)
-    best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+            n, seconds, cpu = timed(fn)
+            runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "cpu_s": cpu, "load_before": load})
+            print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
+                  f"(load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+    best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
+    rounds = [runs["prepare"][i]["tokens_per_s"] / runs["serial_lines"][i]["tokens_per_s"] for i in range(args.repeats)]
     result = {"megabytes": text.stat().st_size / 1e6, "cpu_count": os.cpu_count(), "workers": workers,
               "tokenizer_training_s": tokenizer_s, "runs": runs, "best_tokens_per_s": best,
               "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
-              "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"]}
+              "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
+              "speedup_vs_serial_lines_per_round": rounds, "load_average_after": os.getloadavg()[0]}
     out = ROOT / "benchmarks" / "results" / "prepare_speed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
