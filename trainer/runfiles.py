@@ -11,6 +11,7 @@ before any file is written (check_resume, called in train.py before the run dire
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import filecmp
 import os
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 
 from trainer import checkpoint
 from trainer.config import Config, resolve
+from trainer.registry import config_name
 
 TOKENIZER = "tokenizer.model"
 CONFIG = "config.yaml"
@@ -45,7 +47,10 @@ def resolved_config(cfg: Config, vocab_size: int) -> dict:
     for group in ("param", "optim", "agg"):
         node = getattr(cfg, group)
         resolved = getattr(node, "resolved", None)
-        out[group] = dataclasses.asdict(resolved(cfg.model.size) if resolved else node)
+        node = resolved(cfg.model.size) if resolved else node
+        # the keys registry.make_config accepts back: the name and every init field
+        fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.init}
+        out[group] = {"name": config_name(node), **copy.deepcopy(fields)}
     out["model"]["vocab_size"] = cfg.model.vocab_size or vocab_size
     return out
 

@@ -59,3 +59,19 @@ def test_resolved_config_fills_strategy_defaults():
     cfg = load_config(compose(["param=sltrain", "model.size=60m"]))
     out = runfiles.resolved_config(cfg, vocab_size=777)
     assert out["param"]["rank"] == 128 and out["param"]["alpha"] == 32.0 and out["model"]["vocab_size"] == 777
+
+
+def test_resolved_config_loads_back_for_every_strategy(tmp_path):
+    from omegaconf import OmegaConf
+
+    from tests.helpers import compose
+    from train import load_config
+    from trainer.registry import PARAM
+
+    for name in PARAM.names():
+        cfg = load_config(compose([f"param={name}", "model.size=debug"]))
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(runfiles.resolved_config(cfg, vocab_size=512))))
+        again = runfiles.load_config(str(path))
+        assert runfiles.resolved_config(again, 512) == runfiles.resolved_config(cfg, 512)
+        assert None not in (getattr(again.param, "rank", 0), getattr(again.param, "alpha", 0))
