@@ -1,7 +1,9 @@
 """Tokenizer, the tokenized corpus cache, and deterministic per-rank batches.
 
 The corpus is tokenized once into a flat memmap (documents joined by EOS), cached under
-data.cache_dir keyed by corpus + tokenizer + seq_len, so a second run starts at once.
+data.cache_dir keyed by corpus + tokenizer + seq_len, so a second run starts at once. The main rank
+builds it (in parallel processes: trainer/tokenizing.py, or ahead of time with trainer/prepare.py) while
+the other ranks wait on the files; a streamed hub source is cached in chunks instead (trainer/stream.py).
 Sequences are non-overlapping windows of seq_len + 1 tokens; the last val_fraction of them
 is held out. The order of training sequences is a per-epoch permutation from the seed, so
 the data position is just the number of optimizer steps taken.
