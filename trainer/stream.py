@@ -81,6 +81,8 @@ def produce(cfg: DataConfig, tok_path: str, base: str, workers: int, stop: threa
         _write_chunk(base, k, last, {"dtype": dtype, "num_chunks": k + 1, "last_tokens": len(last), "done": False})
         k += 1
     _write_state(base, {"dtype": dtype, "num_chunks": k, "last_tokens": len(last) if len(last) else size, "done": True})
+    if os.path.exists(base + ".progress"):
+        os.remove(base + ".progress")
     progress.update(0, 0, final=True)
 
 
