@@ -18,7 +18,7 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import read_dist_env
 from models import Llama, apply_activation_checkpointing, shape_for
-from trainer import checkpoint, corpus, data, engine as eng, precision
+from trainer import checkpoint, corpus, data, engine as eng, precision, runfiles
 from trainer.compile import maybe_compile
 from trainer.config import Config, check_world, resolve, run_name
 from trainer.loop import Trainer
@@ -52,14 +52,17 @@ def run(raw: DictConfig) -> int:
     corpus.check_source(cfg.data)
     shape_for(cfg.model.size)
     checkpoint.check_resume_arg(cfg.train.resume)
+    run_dir = os.path.join(cfg.run.out_dir, run_name(cfg))
+    runfiles.check_resume(run_dir, cfg)  # before any file is written; resumes with the checkpoint's tokenizer
     device = eng.pick_device(cfg, env)
     eng.set_threads(cfg.train.threads)
     eng.init_distributed(env, device)
-    run_dir = os.path.join(cfg.run.out_dir, run_name(cfg))
     os.makedirs(run_dir, exist_ok=True)
     resolved = write_resolved_config(raw, run_dir) if env.is_main else {}
 
     corpus_data = data.prepare(cfg.data, env.is_main, eng.barrier)
+    if env.is_main:
+        runfiles.keep_tokenizer(run_dir, corpus_data.tokenizer_path)
     model = build_model(cfg, corpus_data.vocab_size)
     ctx = BuildContext(model_size=cfg.model.size, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed,
                        zero_stage=cfg.train.zero_stage, total_steps=cfg.train.steps, device=device)

@@ -106,6 +106,11 @@ class LowRankConfig:
     def as_sltrain(self) -> SLTrainConfig:
         return SLTrainConfig(name=self.name, rank=self.rank, alpha=self.alpha, delta=0.0, b_init="kaiming")
 
+    def resolved(self, model_size: str) -> "LowRankConfig":
+        """A copy with rank and alpha filled from SIZE_DEFAULTS[model_size] (what a checkpoint records)."""
+        full = self.as_sltrain().resolved(model_size)
+        return dataclasses.replace(self, rank=full.rank, alpha=full.alpha)
+
     def check(self, cfg) -> None:
         self.as_sltrain().check(cfg)
 

@@ -39,6 +39,9 @@ class DataConfig:
     folder | a Hugging Face hub dataset name (needs a network)."""
     text_field: str = "text"
     """Column holding the text in jsonl / parquet / hub sources."""
+    text_documents: str = "blank_line"
+    """How .txt/.text/.md files split into documents: blank_line (paragraphs: a line holding only whitespace ends a
+    document; newlines inside one are kept) | file (each file is one document)."""
     hub_config: str | None = None
     """Subset name for hub datasets (e.g. 'en' for allenai/c4)."""
     streaming: bool = True
@@ -53,12 +56,21 @@ class DataConfig:
     val_fraction: float = 0.05
     """Last fraction of the token stream held out for validation."""
     cache_dir: str = "~/.cache/slimtrain"
-    """Tokenizers and tokenized corpora, keyed by corpus + tokenizer."""
+    """Tokenizers and tokenized corpora, keyed by corpus + tokenizer. Under torchrun on several machines it must
+    be on a filesystem they share (or run `python -m trainer.prepare` on each machine first)."""
+    num_workers: int = 0
+    """Processes that tokenize the corpus (0: one per CPU core)."""
+    stream_chunk_tokens: int = 50_000_000
+    """A streamed hub source with max_tokens=0 is tokenized in chunks of this many tokens while the run trains
+    (trainer/stream.py); the first chunk also holds the validation sequences."""
 
     def __post_init__(self):
         _check(self.seq_len > 0, "data.seq_len", "must be positive")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
-        _check(self.vocab_size >= 64, "data.vocab_size", "must be at least 64")
+        _check(self.vocab_size >= 260, "data.vocab_size", "must be at least 260 (256 byte pieces, unk, bos, eos and more)")
+        _check(self.stream_chunk_tokens > 0, "data.stream_chunk_tokens", "must be positive")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0 (0: one per CPU core)")
+        _check(self.text_documents in ("blank_line", "file"), "data.text_documents", f"{self.text_documents!r} is not blank_line or file")
 
 
 @dataclass

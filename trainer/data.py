@@ -1,7 +1,9 @@
 """Tokenizer, the tokenized corpus cache, and deterministic per-rank batches.
 
 The corpus is tokenized once into a flat memmap (documents joined by EOS), cached under
-data.cache_dir keyed by corpus + tokenizer + seq_len, so a second run starts at once.
+data.cache_dir keyed by corpus + tokenizer + seq_len, so a second run starts at once. The main rank
+builds it (in parallel processes: trainer/tokenizing.py, or ahead of time with trainer/prepare.py) while
+the other ranks wait on the files; a streamed hub source is cached in chunks instead (trainer/stream.py).
 Sequences are non-overlapping windows of seq_len + 1 tokens; the last val_fraction of them
 is held out. The order of training sequences is a per-epoch permutation from the seed, so
 the data position is just the number of optimizer steps taken.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import time
 from dataclasses import dataclass
 from itertools import islice
 
@@ -19,10 +21,12 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from trainer import corpus
+from trainer import corpus, stream, tokenizing
 from trainer.config import DataConfig
 
-TOKENIZE_BATCH = 2000
+WAIT_REPORT_S = 30.0
+WAIT_HINT = ("; if the ranks run on several machines, data.cache_dir must be on a filesystem they share, "
+             "or run `python -m trainer.prepare` with the same data settings on each machine first")
 
 
 def _cache_dir(cfg: DataConfig) -> str:
@@ -31,72 +35,105 @@ def _cache_dir(cfg: DataConfig) -> str:
     return path
 
 
-def _atomic_path(final: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=".tmp-")
-    os.close(fd)
-    return tmp
-
-
 def tokenizer_path(cfg: DataConfig) -> str:
     """The .model file to use: the given one, or a cached one trained on the corpus."""
     if cfg.tokenizer:
         return os.path.expanduser(cfg.tokenizer)
-    key = hashlib.sha256(f"spm-bpe-v1 {corpus.fingerprint(cfg)} {cfg.vocab_size}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"spm-bpe-v2 {corpus.fingerprint(cfg)} {cfg.vocab_size}".encode()).hexdigest()[:16]
     return os.path.join(_cache_dir(cfg), f"tokenizer-{key}.model")
 
 
 def train_tokenizer(cfg: DataConfig, path: str) -> None:
+    """BPE with LLaMA's conventions: no normalization (identity), whitespace kept as it is (code indentation,
+    double spaces), digits split, unknown characters as UTF-8 bytes, so decode(encode(text)) == text.
+    Trained on lines (a newline is encoded through its byte piece, as in LLaMA)."""
     def sentences():
         for doc in corpus.documents(cfg):
             for line in doc.splitlines():
                 if line.strip():
                     yield line[:4000]
 
-    prefix = _atomic_path(path)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=islice(sentences(), 2_000_000), model_prefix=prefix, vocab_size=cfg.vocab_size,
-        model_type="bpe", byte_fallback=True, character_coverage=0.9995, num_threads=os.cpu_count() or 1,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
-    )
-    os.replace(prefix + ".model", path)
-    for leftover in (prefix, prefix + ".vocab"):
-        if os.path.exists(leftover):
-            os.remove(leftover)
+    prefix = tokenizing.temp_path(path)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=islice(sentences(), 2_000_000), model_prefix=prefix, vocab_size=cfg.vocab_size,
+            model_type="bpe", byte_fallback=True, character_coverage=0.9995, num_threads=os.cpu_count() or 1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+            split_digits=True, allow_whitespace_only_pieces=True,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        )
+        os.replace(prefix + ".model", path)
+    except RuntimeError as e:  # e.g. more distinct characters than the vocabulary has room for
+        raise ValueError(f"data.vocab_size={cfg.vocab_size}: sentencepiece cannot train on {cfg.source} "
+                         f"({str(e).splitlines()[0][-160:]}); raise data.vocab_size") from None
+    finally:
+        for leftover in (prefix, prefix + ".model", prefix + ".vocab"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
     try:
-        return spm.SentencePieceProcessor(model_file=path)
+        sp = spm.SentencePieceProcessor(model_file=path)
     except (OSError, RuntimeError) as e:
         raise ValueError(f"data.tokenizer={path!r} is not a valid sentencepiece model ({e}); retrain it or fix the path") from None
+    if sp.eos_id() < 0:  # documents are joined with EOS
+        raise ValueError(f"data.tokenizer={path!r} has no EOS piece (eos_id=-1); retrain it with an eos_id "
+                         f"(e.g. --eos_id=2) or leave data.tokenizer unset to train one")
+    return sp
 
 
 def _token_cache_key(cfg: DataConfig, tok_path: str) -> str:
     with open(tok_path, "rb") as f:
         tok_hash = hashlib.sha256(f.read()).hexdigest()[:16]
-    return hashlib.sha256(f"tokens-v1 {corpus.fingerprint(cfg)} {tok_hash} {cfg.seq_len}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"tokens-v2 {corpus.fingerprint(cfg)} {tok_hash} {cfg.seq_len}".encode()).hexdigest()[:16]
 
 
-def tokenize_corpus(cfg: DataConfig, sp: spm.SentencePieceProcessor, path: str) -> None:
-    """Write the corpus as one flat token array (EOS after each document) to `path`."""
-    dtype = np.uint16 if sp.vocab_size() < 2**16 else np.uint32
-    tmp, num_tokens, eos = _atomic_path(path), 0, sp.eos_id()
-    with open(tmp, "wb") as out:
-        docs = corpus.documents(cfg)
-        while batch := list(islice(docs, TOKENIZE_BATCH)):
-            for ids in sp.encode(batch):
-                ids.append(eos)
-                out.write(np.asarray(ids, dtype=dtype).tobytes())
-                num_tokens += len(ids)
-            if cfg.max_tokens and num_tokens >= cfg.max_tokens:
-                break
-    if num_tokens == 0:
-        os.remove(tmp)
-        raise ValueError(f"data.source={cfg.source!r} contains no text; point it at a non-empty corpus")
-    with open(path + ".json.tmp", "w") as f:
-        json.dump({"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "source": cfg.source}, f)
-    os.replace(tmp, path)
-    os.replace(path + ".json.tmp", path + ".json")
+def tokenize_corpus(cfg: DataConfig, tok_path: str, path: str) -> None:
+    """Write the corpus as one flat token array (EOS after each document) to `path`, in parallel."""
+    tokenizing.write_tokens(cfg, tok_path, path, cfg.num_workers or os.cpu_count() or 1)
+
+
+def _build_or_wait(is_main: bool, done: str, what: str, build) -> None:
+    """The main rank builds; the others wait for the file, outside any collective (a barrier's timeout would
+    kill the job while the main rank tokenizes a large corpus). A failure on the main rank is left in
+    `done`.failed so the waiting ranks stop with the same message."""
+    if is_main:
+        if os.path.exists(done):
+            return
+        try:
+            build()
+        except Exception as e:
+            with open(done + ".failed", "w") as f:
+                f.write(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise
+        if os.path.exists(done + ".failed"):
+            os.remove(done + ".failed")
+        return
+    wait_for(done, what)
+
+
+def wait_for(path: str, what: str, poll_s: float = 0.5, log=print) -> None:
+    start = last = time.time()
+    progress, failed = path.removesuffix(".json") + ".progress", path + ".failed"
+    while not os.path.exists(path):
+        if os.path.exists(failed) and os.path.getmtime(failed) >= start:
+            with open(failed) as f:
+                raise ValueError(f"the main rank failed to {what}: {f.read()}")
+        if time.time() - last >= WAIT_REPORT_S:
+            last = time.time()
+            status = _read(progress) or "no progress visible yet"
+            hint = WAIT_HINT if last - start > 300 and status.startswith("no progress") else ""
+            log(f"data: waited {last - start:.0f} s for the main rank to {what} ({status}){hint}", flush=True)
+        time.sleep(poll_s)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:  # not written yet, or just removed because the work is done
+        return ""
 
 
 @dataclass
@@ -107,25 +144,50 @@ class Corpus:
     num_val: int  # held-out sequences, after the training ones
     vocab_size: int
     tokenizer_path: str
+    _perm: tuple = (None, None)  # ((seed, epoch), permutation) last used
 
     def sequence(self, index: int) -> np.ndarray:
         start = index * self.seq_len
         return self.tokens[start : start + self.seq_len + 1]
 
+    def train_index(self, sample: int, seed: int) -> int:
+        """The sequence of training sample `sample`: a per-epoch permutation of the training sequences."""
+        epoch, pos = divmod(sample, self.num_train)
+        if self._perm[0] != (seed, epoch):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            self._perm = ((seed, epoch), torch.randperm(self.num_train, generator=gen))
+        return int(self._perm[1][pos])
 
-def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus:
+    def val_index(self, j: int) -> int:
+        return self.num_train + j
+
+    def wait_for_samples(self, first: int, end: int) -> None:
+        """All of a step's samples are on disk (a stream's may not be yet: trainer/stream.py)."""
+
+
+def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus | stream.StreamCorpus:
     """Build (on the main rank) or find the tokenizer and token cache, then open them everywhere."""
     tok_path = tokenizer_path(cfg)
-    if is_main and not os.path.exists(tok_path):
+    if is_main:
+        tokenizing.remove_stale_temps(_cache_dir(cfg))
+
+    def train():
         print(f"data: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source} (cached for later runs)", flush=True)
         train_tokenizer(cfg, tok_path)
-    barrier()
+
+    _build_or_wait(is_main, tok_path, "train the tokenizer", train)
     sp = load_tokenizer(tok_path)
     tokens_path = os.path.join(_cache_dir(cfg), f"tokens-{_token_cache_key(cfg, tok_path)}.bin")
-    if is_main and not os.path.exists(tokens_path + ".json"):
-        print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs)", flush=True)
-        tokenize_corpus(cfg, sp, tokens_path)
-    barrier()
+    if stream.is_stream(cfg):  # a hub stream: tokenized in chunks while training, never whole before step 1
+        return stream.open_stream(cfg, tok_path, tokens_path.removesuffix(".bin"), sp.vocab_size(), is_main)
+
+    def tokenize():
+        print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs; "
+              f"`python -m trainer.prepare` does this ahead of training)", flush=True)
+        tokenize_corpus(cfg, tok_path, tokens_path)
+
+    _build_or_wait(is_main, tokens_path + ".json", "tokenize the corpus", tokenize)
+    barrier()  # every rank has the files by now, so this is quick
     with open(tokens_path + ".json") as f:
         meta = json.load(f)
     tokens = np.memmap(tokens_path, dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
@@ -142,25 +204,17 @@ class TrainBatches:
     def __init__(self, data: Corpus, global_batch: int, micro_batch: int, rank: int, world_size: int, seed: int):
         self.data, self.global_batch, self.micro_batch = data, global_batch, micro_batch
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self._perm_epoch, self._perm = -1, None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.data.num_train, generator=gen), epoch
-        return self._perm
-
-    def _sequence_index(self, sample: int) -> int:
-        epoch, pos = divmod(sample, self.data.num_train)
-        return int(self._permutation(epoch)[pos])
 
     def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Inputs and targets, each (micro_batch, seq_len) int64, for 0-based optimizer step `step`."""
+        # Every rank waits for the whole step's data, before any collective of the step, so no rank sits in
+        # an all-reduce (with its timeout) while another waits for a stream's next chunk.
+        self.data.wait_for_samples(step * self.global_batch, (step + 1) * self.global_batch)
         per_rank = self.global_batch // self.world_size
         first = step * self.global_batch + self.rank * per_rank
         out = []
         for start in range(first, first + per_rank, self.micro_batch):
-            rows = np.stack([self.data.sequence(self._sequence_index(i)) for i in range(start, start + self.micro_batch)])
+            rows = np.stack([self.data.sequence(self.data.train_index(i, self.seed)) for i in range(start, start + self.micro_batch)])
             rows = torch.from_numpy(rows.astype(np.int64))
             out.append((rows[:, :-1], rows[:, 1:]))
         return out
@@ -170,6 +224,6 @@ def val_batches(data: Corpus, micro_batch: int, num_batches: int, rank: int, wor
     """This rank's share of the first num_batches x world_size held-out micro-batches."""
     total = min(num_batches * world_size, data.num_val // micro_batch) or 0
     for b in range(rank, total, world_size):
-        idx = range(data.num_train + b * micro_batch, data.num_train + (b + 1) * micro_batch)
-        rows = torch.from_numpy(np.stack([data.sequence(i) for i in idx]).astype(np.int64))
+        idx = range(b * micro_batch, (b + 1) * micro_batch)
+        rows = torch.from_numpy(np.stack([data.sequence(data.val_index(j)) for j in idx]).astype(np.int64))
         yield rows[:, :-1], rows[:, 1:]

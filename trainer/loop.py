@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from trainer import checkpoint, engine as eng
+from trainer import checkpoint, engine as eng, runfiles
 from trainer.config import Config
 from trainer.data import Corpus, TrainBatches, val_batches
 from trainer.metrics import MetricsLog, peak_memory_bytes, tensor_bytes
@@ -118,6 +118,7 @@ class Trainer:
         written[os.path.basename(rank_file)] = checkpoint.save_object(rank_state, rank_file)
         if self.rank == 0:
             written[os.path.basename(checkpoint.shared_file(tmp))] = checkpoint.save_object(asdict(self.state), checkpoint.shared_file(tmp))
+            runfiles.save_into_checkpoint(tmp, self.run_dir, self.cfg, self.data.vocab_size, self.data.tokenizer_path)
         everyone = eng.gather_object(written)  # also the barrier: rank 0 goes on once every rank has written
         if self.rank == 0:
             checkpoint.publish(self.ckpt_root, step, {k: v for files in everyone for k, v in files.items()})

@@ -15,7 +15,7 @@ DOCS = [f"Document number {i} talks about topic {i % 7} with some words: " + "lo
 def write_source(tmp_path, fmt: str):
     if fmt == "txt":
         path = tmp_path / "corpus.txt"
-        path.write_text("\n".join(DOCS))
+        path.write_text("\n\n".join(DOCS))  # documents are paragraphs
     elif fmt == "jsonl":
         path = tmp_path / "corpus.jsonl"
         path.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(DOCS)))
@@ -39,7 +39,7 @@ def test_local_formats_pack_documents_with_eos(tmp_path, fmt):
     eos_positions = np.flatnonzero(np.asarray(c.tokens) == sp.eos_id())
     assert len(eos_positions) == len(DOCS)  # one EOS after each document, none elsewhere
     first_doc = sp.decode(np.asarray(c.tokens[: eos_positions[0]]).tolist())
-    assert first_doc == DOCS[0].strip()  # sentencepiece drops trailing whitespace
+    assert first_doc == DOCS[0]  # whitespace kept, trailing spaces included
     assert c.num_train > 0 and c.num_val >= 1
     assert c.num_val == max(1, int((len(c.tokens) - 1) // 16 * cfg.val_fraction))
 
@@ -64,7 +64,7 @@ def test_cache_key_changes_with_seq_len_and_text(tmp_path):
     a = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
     b = data.prepare(DataConfig(source=str(source), vocab_size=300, seq_len=32, cache_dir=str(tmp_path / "cache")), True, lambda: None)
     assert a.tokens.filename != b.tokens.filename and a.tokenizer_path == b.tokenizer_path
-    source.write_text("\n".join(DOCS[:100]))  # the text changed: everything is rebuilt
+    source.write_text("\n\n".join(DOCS[:100]))  # the text changed: everything is rebuilt
     c = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
     assert c.tokenizer_path != a.tokenizer_path and len(c.tokens) < len(a.tokens)
 
@@ -112,3 +112,61 @@ def test_builtin_corpus_is_offline_prose():
     first = [next(docs) for _ in range(50)]
     assert all(len(d) >= 120 for d in first)
     assert sum(d.count(" ") for d in first) > 1000
+
+
+CODE = "def f(x):\n    if x:\n        return  x  # two spaces\n\treturn None"
+PROSE = "A paragraph that runs\nover several lines,\n  one of them indented.\nNumbers 12345 and 3.14 too."
+
+
+def test_text_documents_are_paragraphs_with_newlines_kept(tmp_path):
+    source = tmp_path / "mixed.txt"
+    source.write_text(f"{PROSE}\n\n{CODE}\n \t\n\n{PROSE}\n")  # a whitespace-only line also separates
+    assert list(corpus.documents(cfg_for(tmp_path, source))) == [PROSE, CODE, PROSE]
+    assert list(corpus.documents(cfg_for(tmp_path, source, text_documents="file"))) == [f"{PROSE}\n\n{CODE}\n \t\n\n{PROSE}"]
+
+
+def test_round_trip_keeps_code_and_paragraphs(tmp_path):
+    """decode(encode(text)) == text: identity normalization, whitespace kept, byte fallback for the rest."""
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n\n".join([CODE, PROSE] * 20 + DOCS))
+    c = data.prepare(DataConfig(source=str(source), vocab_size=400, seq_len=16, cache_dir=str(tmp_path / "cache")), True, lambda: None)
+    sp = data.load_tokenizer(c.tokenizer_path)
+    for text in [CODE, PROSE, "  leading and trailing  ", "naïve café 日本語 😀", "x\n\n\ny", "1234567"]:
+        assert sp.decode(sp.encode(text)) == text
+    assert [sp.id_to_piece(i) for i in sp.encode("1234")] == ["\u2581", "1", "2", "3", "4"]  # digits split
+    tokens = np.asarray(c.tokens).tolist()
+    first = tokens[: tokens.index(sp.eos_id())]
+    assert sp.decode(first) == CODE
+
+
+def test_a_tokenizer_without_eos_is_refused(tmp_path):
+    import sentencepiece as spm
+
+    source = write_source(tmp_path, "txt")
+    spm.SentencePieceTrainer.train(input=str(source), model_prefix=str(tmp_path / "noeos"), vocab_size=60,
+                                   eos_id=-1, minloglevel=2)
+    cfg = cfg_for(tmp_path, source, tokenizer=str(tmp_path / "noeos.model"))
+    with pytest.raises(ValueError, match=r"data.tokenizer=.* has no EOS piece"):
+        data.prepare(cfg, True, lambda: None)
+
+
+def test_waiting_ranks_show_the_main_ranks_progress_and_its_failure(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(data, "WAIT_REPORT_S", 0.05)
+    done, lines = tmp_path / "tokens.bin.json", []
+
+    def main_rank():
+        time.sleep(0.3)
+        (tmp_path / "tokens.bin.progress").write_text("data: tokenizing x: 1.0 MB, 0.50 M tokens/s, ETA 0m09s")
+        time.sleep(0.3)
+        done.write_text("{}")
+
+    threading.Thread(target=main_rank).start()
+    data.wait_for(str(done), "tokenize the corpus", poll_s=0.02, log=lambda text, **k: lines.append(text))
+    assert any("ETA 0m09s" in line for line in lines) and all("tokenize the corpus" in line for line in lines)
+
+    late = tmp_path / "other.bin.json"
+    threading.Timer(0.2, lambda: (tmp_path / "other.bin.json.failed").write_text("data.source='x' contains no text")).start()
+    with pytest.raises(ValueError, match="the main rank failed to tokenize the corpus: data.source='x' contains no text"):
+        data.wait_for(str(late), "tokenize the corpus", poll_s=0.02, log=lambda *a, **k: None)

@@ -1,0 +1,144 @@
+"""Corpus preparation speed: `python -m trainer.prepare`'s parallel tokenization vs the single-process path
+it replaced, on the same text file, measured back to back in one run (the tokenizer is trained once, timed apart).
+
+    python benchmarks/prepare_speed.py [--mb 200] [--repeats 1] [--workers 0]
+
+The text is ../shared/data's corpora repeated to --mb megabytes. Each round first measures how many cores
+the workers actually get (a pure-Python burn in 1 vs N processes): on a shared machine the ratio below is
+only as good as that number. Baselines: `serial_lines` is the former
+path verbatim (HF datasets' text builder, one document per line, sentencepiece's own threads, one array per
+document); `serial_paragraphs` is the same loop over the documents the project now makes (paragraphs).
+Writes benchmarks/results/prepare_speed.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trainer import corpus, data, tokenizing  # noqa: E402
+from trainer.config import DataConfig  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def build_text(path: Path, megabytes: int) -> None:
+    parts = [(SHARED / name).read_text() for name in ("wikitext103_valid.txt", "tinyshakespeare.txt")]
+    block = "\n\n".join(parts) + "\n\n"
+    with open(path, "w") as f:
+        for _ in range(megabytes * 10**6 // len(block.encode()) + 1):
+            f.write(block)
+
+
+def serial(docs, sp: spm.SentencePieceProcessor, out_path: str) -> int:
+    """The former data.tokenize_corpus loop, verbatim but for the source of documents."""
+    dtype, num_tokens, eos = np.uint16, 0, sp.eos_id()
+    with open(out_path, "wb") as out:
+        while batch := list(islice(docs, 2000)):
+            for ids in sp.encode(batch):
+                ids.append(eos)
+                out.write(np.asarray(ids, dtype=dtype).tobytes())
+                num_tokens += len(ids)
+    return num_tokens
+
+
+def former_documents(path: str):
+    """The former .txt reading: HF datasets' text builder, one document per non-blank line."""
+    import datasets
+
+    for row in datasets.load_dataset("text", data_files=[path], split="train", streaming=True):
+        if row["text"] and row["text"].strip():
+            yield row["text"]
+
+
+def cpu_seconds() -> float:
+    """This process's and its finished children's CPU time: what the work costs, whatever the load."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _burn(n: int) -> float:
+    start = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - start
+
+
+def free_cores(workers: int) -> float:
+    """How many cores `workers` CPU-bound processes actually got just now (a shared machine may give fewer)."""
+    import multiprocessing as mp
+
+    one = _burn(20_000_000)
+    start = time.perf_counter()
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_burn, [20_000_000] * workers)
+    return workers * one / (time.perf_counter() - start)
+
+
+def timed(fn) -> tuple[int, float, float]:
+    start, cpu = time.perf_counter(), cpu_seconds()
+    n = fn()
+    return n, time.perf_counter() - start, cpu_seconds() - cpu
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="prepare's processes (0: one per core)")
+    parser.add_argument("--dir", default=None, help="where the text and caches go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="prepare-speed-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = workdir / f"corpus-{args.mb}mb.txt"
+    if not text.exists():
+        build_text(text, args.mb)
+    cfg = DataConfig(source=str(text), cache_dir=str(workdir / "cache"), num_workers=args.workers)
+    workers = args.workers or os.cpu_count()
+    tok_path = data.tokenizer_path(cfg)
+    timing_path = tok_path if not os.path.exists(tok_path) else str(workdir / "tokenizer-timing.model")
+    _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, timing_path))  # timed apart, every run
+    print(f"tokenizer training: {tokenizer_s:.1f} s", flush=True)
+    sp = spm.SentencePieceProcessor(model_file=tok_path)
+    runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
+    for _ in range(args.repeats):
+        runs["free_cores"].append(free_cores(workers))
+        print(f"free cores for {workers} processes right now: {runs['free_cores'][-1]:.2f}", flush=True)
+        for name, fn in (("serial_lines", lambda: serial(former_documents(str(text)), sp, str(workdir / "a.bin"))),
+                         ("serial_paragraphs", lambda: serial(corpus.documents(cfg), sp, str(workdir / "b.bin"))),
+                         ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
+                         ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1))):
+            load = os.getloadavg()[0]
+            n, seconds, cpu = timed(fn)
+            runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "cpu_s": cpu, "load_before": load})
+            print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
+                  f"(load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+    best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
+    rounds = [runs["prepare"][i]["tokens_per_s"] / runs["serial_lines"][i]["tokens_per_s"] for i in range(args.repeats)]
+    result = {"megabytes": text.stat().st_size / 1e6, "cpu_count": os.cpu_count(), "workers": workers,
+              "tokenizer_training_s": tokenizer_s, "runs": runs, "best_tokens_per_s": best,
+              "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
+              "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
+              "speedup_vs_serial_lines_per_round": rounds, "load_average_after": os.getloadavg()[0]}
+    out = ROOT / "benchmarks" / "results" / "prepare_speed.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"tokenizer training {tokenizer_s:.1f} s; prepare is "
+          f"{result['speedup_vs_serial_lines']:.2f}x the former path, {result['speedup_vs_serial_paragraphs']:.2f}x "
+          f"its loop on paragraphs; {out}")
+
+
+if __name__ == "__main__":
+    main()
