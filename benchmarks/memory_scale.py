@@ -5,7 +5,7 @@
 
 Each row runs `python -m trainer.memory <overrides> --json` in its own process (FakeTensorMode + MemTracker: no
 real allocation). Vocabulary 32000 (the LLaMA tokenizer of the papers' figures). Writes
-benchmarks/results/memory_scale.json and memory_scale.png, and prints a markdown table.
+benchmarks/results/memory_scale.json and memory_scale.png, and prints the tables of docs/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -54,28 +54,11 @@ def estimate(overrides: list[str], real: bool = False) -> dict:
         return json.loads(out.read_text())
 
 
-def table(results: dict) -> str:
-    lines = []
-    for setting, rows in results.items():
-        lines += [f"\n**{setting}** (GiB; peak of one step: weights / gradients / optimizer state / activations + temporaries)\n",
-                  "| configuration | weights | grads | optim state | act + temp | **peak** |", "|---|---|---|---|---|---|"]
-        for label, r in rows.items():
-            if "error" in r:
-                lines.append(f"| {label} | {r['error']} | | | | |")
-                continue
-            b = r["bytes"]
-            act = b["activations"] + b["temporaries"] + b.get("inputs", 0)
-            lines.append(f"| {label} | {b['weights'] / GIB:.2f} | {b['gradients'] / GIB:.2f} | "
-                         f"{b['optimizer_state'] / GIB:.2f} | {act / GIB:.2f} | **{b['total'] / GIB:.2f}** |")
-    return "\n".join(lines)
-
-
 def real_checks(results: dict) -> dict:
     """Real CPU tensors under the same tracker: best at 1b, today's mode at 350m (today at 1b does not fit 24 GiB)."""
     out = {}
     for name, (setting, label) in REAL.items():
         base = SETTINGS.get(setting, [f"model.size={setting}", "train.micro_batch_size=1", "train.global_batch_size=1"])
-        # the 16 x 256 setting's checkpointing belongs to that setting; the best row names its own
         overrides = [*base, *ROWS[label]]
         fake, real = estimate(overrides), estimate(overrides, real=True)
         out[name] = {"overrides": overrides, "estimated": fake["bytes"]["total"], "measured": real["bytes"]["total"],
@@ -132,7 +115,9 @@ def main() -> None:
         out["real"] = real_checks(results)
     (RESULTS / "memory_scale.json").write_text(json.dumps(out, indent=1))
     plot(results, RESULTS / "memory_scale.png")
-    print(table(results))
+    from report import memory_scale_section  # the same tables docs/RESULTS.md shows
+
+    print(memory_scale_section(out, None, None))
 
 
 if __name__ == "__main__":
