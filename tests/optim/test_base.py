@@ -172,3 +172,39 @@ def test_hooks_see_the_learning_rate_set_after_a_load():
     before = copy.deepcopy(model.state_dict())
     train(model, opt, batches(1, 1, seed=2))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class LocalOps:
+    """What the engine's Ops does at ZeRO-0: a reset forgets the parameters' optimizer state."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def reset_optimizer_state(self, params):
+        for p in params:
+            self.optimizer.state.pop(p, None)
+
+    def params_changed(self, params):
+        pass
+
+
+def test_sst_resamples_and_resets_work_with_the_step_in_backward():
+    """SST's hook (unit columns, resample every 2 steps, reset of the resampled block's state) after hook updates."""
+    def run(sib):
+        torch.manual_seed(0)
+        model = Llama(shape_for("debug"), VOCAB, SEQ)
+        ctx = BuildContext(model_size="debug")
+        sst = PARAM.build("sst", PARAM.make_config({"name": "sst", "rank": 4, "update_every": 2}), ctx)
+        sst.convert(model)
+        opt = OPTIM.build("adamw", OPTIM.make_config({"name": "adamw", "lr": 3e-3, "step_in_backward": sib}), model, ctx)
+        for step, micro in enumerate(batches(6, 2), start=1):
+            train(model, opt, [micro])
+            sst.on_step_end(step, LocalOps(opt))
+        return model, sst
+
+    ref, ref_sst = run(False)
+    ours, ours_sst = run(True)
+    assert ours_sst.num_resamples == ref_sst.num_resamples == 3
+    assert_same_weights(ours, ref)
+    for (name, a), (_, b) in zip(ours.named_buffers(), ref.named_buffers()):
+        assert torch.equal(a, b), name  # the same columns drawn and frozen
