@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -223,8 +222,3 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
         for key, p in zip(saved_ids, params):
             for name, value in saved.get(key, {}).items():
                 self.state[p][name] = value if name == "step" else value.to(p.device)
-
-
-def bias_corrections(step: int, betas) -> tuple[float, float]:
-    """Adam's (1 - b1^t, sqrt(1 - b2^t))."""
-    return 1 - betas[0] ** step, math.sqrt(1 - betas[1] ** step)
