@@ -25,21 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from models import Llama, shape_for  # noqa: E402
 from param.sst import SST, SSTConfig  # noqa: E402
+from trainer.memtrack import LocalOps  # noqa: E402  (the engine's Ops at ZeRO-0)
 from trainer.strategy import BuildContext  # noqa: E402
-
-
-class PlainOps:
-    """What the engine does under ZeRO-0, without DeepSpeed."""
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-
-    def reset_optimizer_state(self, params):
-        for p in params:
-            self.optimizer.state.pop(p, None)
-
-    def params_changed(self, params):
-        pass
 
 
 def sync(device):
@@ -83,7 +70,7 @@ def build_sides(args, device):
 
 def interleaved_step_times(sst, sides, args, device) -> dict[str, list[float]]:
     """Seconds per training step of each side, alternating the order every round; round 0 is the warm-up."""
-    ops = PlainOps(sides["sst"][1])
+    ops = LocalOps(sides["sst"][1])
     tokens = torch.randint(0, args.vocab_size, (args.batch, args.seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 

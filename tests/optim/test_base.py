@@ -12,6 +12,7 @@ import optim  # noqa: F401  (registers the optimizers)
 import param  # noqa: F401  (registers the param strategies)
 from models import Llama, shape_for
 from trainer import precision
+from trainer.memtrack import LocalOps  # the engine's Ops at ZeRO-0, without DeepSpeed
 from trainer.registry import OPTIM, PARAM
 from trainer.strategy import BuildContext
 
@@ -172,20 +173,6 @@ def test_hooks_see_the_learning_rate_set_after_a_load():
     before = copy.deepcopy(model.state_dict())
     train(model, opt, batches(1, 1, seed=2))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-
-
-class LocalOps:
-    """What the engine's Ops does at ZeRO-0: a reset forgets the parameters' optimizer state."""
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-
-    def reset_optimizer_state(self, params):
-        for p in params:
-            self.optimizer.state.pop(p, None)
-
-    def params_changed(self, params):
-        pass
 
 
 def test_sst_resamples_and_resets_work_with_the_step_in_backward():
