@@ -21,7 +21,7 @@ import torch
 from harness import RESULTS, VOCAB, build, timed_round_robin, train_step
 
 from models import shape_for  # noqa: E402  (harness put the repository on sys.path)
-from trainer import throughput  # noqa: E402
+from trainer import throughput as tp  # noqa: E402  (not `throughput`: a function below has that name)
 
 COMBOS = [("full", "adamw"), ("sltrain", "adamw"), ("full", "dct_adamw"), ("sst", "adamw"), ("full", "galore_torch")]
 
@@ -29,7 +29,7 @@ COMBOS = [("full", "adamw"), ("sltrain", "adamw"), ("full", "dct_adamw"), ("sst"
 def peak_tflops(arg: str) -> float:
     if arg != "auto":
         return float(arg)
-    return throughput.peak_tflops(torch.cuda.get_device_name()) or float("nan")
+    return tp.peak_tflops(torch.cuda.get_device_name()) or float("nan")
 
 
 def bf16_step(b, tokens):
@@ -50,12 +50,13 @@ def throughput(size: str, args) -> list[dict]:
             n_params = sum(x.numel() for x in b.model.parameters())
             rows.append({"size": size, "param": p, "optim": o, "step_s": t, "tokens_per_s": tokens[:, 1:].numel() / t,
                          "params": n_params, "peak_allocated": torch.cuda.max_memory_allocated()})
-        except (ValueError, torch.OutOfMemoryError) as e:
+        except (ValueError, ImportError, torch.OutOfMemoryError) as e:
             rows.append({"size": size, "param": p, "optim": o, "error": str(e).splitlines()[0][:200]})
         finally:
             b = None
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        print(f"[gpu] {rows[-1]}", flush=True)  # as it goes: a run cut short still shows its rows
     full = next((r for r in rows if r["param"] == "full" and r["optim"] == "adamw" and "error" not in r), None)
     for r in rows:
         if full and "error" not in r:
@@ -65,10 +66,12 @@ def throughput(size: str, args) -> list[dict]:
 
 def largest_fit(args) -> dict:
     fits = {}
+    if not args.fit_sizes:
+        return fits
     tokens = torch.randint(0, 32000, (1, args.seq_len + 1), device="cuda")
     for p, o in COMBOS + [("sltrain", "dct_adamw")]:
         fits[f"{p}+{o}"] = None
-        for size in ("350m", "1b", "7b"):
+        for size in args.fit_sizes:
             try:
                 b = build(size, p, o, seq_len=args.seq_len, device="cuda")
                 bf16_step(b, tokens)
@@ -88,6 +91,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peak-tflops", default="auto")
+    parser.add_argument("--fit-sizes", nargs="*", default=["350m", "1b", "7b"],
+                        help="sizes tried, in order, for the largest model each strategy fits (none: skip)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA GPU visible; skipped (the report marks GPU figures as not yet measured)")
@@ -96,7 +101,7 @@ def main(argv=None) -> None:
     peak = peak_tflops(args.peak_tflops)
     for r in rows:
         if "error" not in r:
-            flops = throughput.flops_per_token(shape_for(r["size"]), VOCAB, args.seq_len)
+            flops = tp.flops_per_token(shape_for(r["size"]), VOCAB, args.seq_len)
             r["mfu"] = flops * r["tokens_per_s"] / (peak * 1e12)
     report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "peak_bf16_tflops": peak,
               "command": "python benchmarks/gpu.py " + " ".join(argv or sys.argv[1:]), "rows": rows, "largest_fit": largest_fit(args)}

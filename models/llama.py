@@ -6,7 +6,6 @@ Architecture only. Weight-side methods replace the seven block projections
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -48,13 +47,20 @@ def shape_for(size: str) -> LlamaShape:
 FLASH_DEVICE_TYPES = ("cuda",)
 
 
-@functools.cache
-def _flash_attn_func():
+def _load_flash_attn():
     try:
         from flash_attn import flash_attn_func  # optional GPU extra
     except ImportError:
         return None
     return flash_attn_func
+
+
+# Looked up once at import: forward must not run an import, which torch.compile cannot trace ("Import failure").
+_FLASH_ATTN = _load_flash_attn()
+
+
+def _flash_attn_func():
+    return _FLASH_ATTN
 
 
 class RMSNorm(nn.Module):

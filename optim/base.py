@@ -105,7 +105,9 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             state["step"] = torch.tensor(0, dtype=torch.int64)
-        self._update(p, group, state)
+        # The update's arithmetic is fp32 whatever autocast region the step (or a backward hook) runs inside.
+        with torch.autocast(p.device.type, enabled=False):
+            self._update(p, group, state)
 
     def _update(self, p, group, state) -> None:
         raise NotImplementedError

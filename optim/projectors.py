@@ -36,7 +36,7 @@ def dct_matrix(size: int) -> torch.Tensor:
 def random_qr_matrix(size: int) -> torch.Tensor:
     """A random orthonormal basis (the ablation in METHODS.md section 2); fixed seed, so identical on all ranks."""
     gen = torch.Generator().manual_seed(1234 + size)
-    q, r = torch.linalg.qr(torch.randn(size, size, generator=gen, dtype=torch.float64))
+    q, r = torch.linalg.qr(torch.randn(size, size, generator=gen, dtype=torch.float64, device="cpu"))
     return (q * torch.sign(torch.diagonal(r))).T.contiguous().float()
 
 

@@ -131,15 +131,16 @@ def draw_support(numel: int, nnz: int, generator: torch.Generator) -> torch.Tens
     if numel >= 2**31:
         raise ValueError(f"a projection of {numel} entries does not fit int32 support indices")
     if nnz == 0:
-        return torch.empty(0, dtype=torch.int32)
+        return torch.empty(0, dtype=torch.int32, device=generator.device)
+    on = generator.device  # explicit: under a `with torch.device("cuda")` a factory would default to the GPU
     if 4 * nnz > numel:
-        chosen = torch.randperm(numel, generator=generator)[:nnz]
+        chosen = torch.randperm(numel, generator=generator, device=on)[:nnz]
     else:
-        chosen = torch.empty(0, dtype=torch.int64)
+        chosen = torch.empty(0, dtype=torch.int64, device=on)
         while chosen.numel() < nnz:
-            extra = torch.randint(0, numel, (int(1.1 * (nnz - chosen.numel())) + 64,), generator=generator)
+            extra = torch.randint(0, numel, (int(1.1 * (nnz - chosen.numel())) + 64,), generator=generator, device=on)
             chosen = torch.unique(torch.cat([chosen, extra]))
-        chosen = chosen[torch.randperm(chosen.numel(), generator=generator)[:nnz]]
+        chosen = chosen[torch.randperm(chosen.numel(), generator=generator, device=on)[:nnz]]
     return chosen.sort().values.to(torch.int32)
 
 
@@ -220,14 +221,14 @@ class SparseLowRankLinear(nn.Module):
             g = torch.Generator().manual_seed(seed)
             support = draw_support(in_features * out_features, nnz, g).to(self.A.device)
             with torch.no_grad():
-                A = torch.empty(rank, in_features)
+                A = torch.empty(rank, in_features, device="cpu")  # drawn on the CPU generator, wherever the layer lives
                 nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=g)  # nn.Linear's default: U(+-1/sqrt(n))
                 self.A.copy_(A)
                 if self.values is not None:
                     bound = 1 / math.sqrt(in_features)
-                    self.values.copy_(torch.empty(nnz).uniform_(-bound, bound, generator=g))
+                    self.values.copy_(torch.empty(nnz, device="cpu").uniform_(-bound, bound, generator=g))
                 if b_init == "kaiming":
-                    B = torch.empty(out_features, rank)
+                    B = torch.empty(out_features, rank, device="cpu")
                     nn.init.kaiming_uniform_(B, a=math.sqrt(5), generator=g)  # U(+-1/sqrt(rank))
                     self.B.copy_(B)
         self.register_buffer("support", support)  # int32 row-major flat indices into W, sorted

@@ -120,15 +120,16 @@ def documents(cfg: DataConfig) -> Iterator[str]:
     if cfg.source == "builtin":
         yield from builtin_documents()
         return
-    import datasets
-
     if is_local(cfg.source):
         files = local_files(cfg.source)
         fmt = LOCAL_FORMATS[Path(files[0]).suffix]
-        if fmt == "text":
+        if fmt == "text":  # read directly: plain text needs no `datasets` (nor its import time)
             for path in files:
                 yield from text_file_documents(path, cfg.text_documents)
             return
+    import datasets
+
+    if is_local(cfg.source):
         ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=True)
         field = cfg.text_field
     else:

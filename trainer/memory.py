@@ -108,9 +108,32 @@ class MemoryEstimate:
     accumulation: int
     overrides: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    allocator_peak: int | None = None  # a real CUDA run: torch.cuda.max_memory_allocated over the steps
 
 
-def estimate(overrides: list[str], steps: int = 2, real: bool = False) -> MemoryEstimate:
+class AllocatorPeak:
+    """The CUDA caching allocator's peak from construction on (the model, built before, is counted as live)."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> int | None:
+        if not self.cuda:
+            return None
+        import torch
+
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+
+
+def estimate(overrides: list[str], steps: int = 2, real: bool = False, device: str = "cpu") -> MemoryEstimate:
+    """`device` (real tensors only): "cuda" runs the steps on the GPU and also records the caching allocator's
+    peak (torch.cuda.max_memory_allocated, from after the model is built) in `allocator_peak`."""
     start = time.perf_counter()
     cfg = load_config(overrides)
     check_world(cfg, 1)
@@ -121,17 +144,18 @@ def estimate(overrides: list[str], steps: int = 2, real: bool = False) -> Memory
     vocab = cfg.model.vocab_size or LLAMA_VOCAB
     note = "model.vocab_size" if cfg.model.vocab_size else "model.vocab_size unset: the LLaMA tokenizer's"
     with nullcontext() if real else FakeTensorMode():
-        job = build(cfg, vocab, mode, real, steps)
+        job = build(cfg, vocab, mode, real, steps, device)
         num_params = sum(p.numel() for p in job.model.parameters())
+        allocator = AllocatorPeak(device)
         snap, peak_step = track_steps(job, PeakTracker())
     by_row = {key: sum(snap.get(kind, 0) for kind in kinds) for key, _, kinds in ROWS} | {"total": snap.get(_TOTAL_KEY, 0)}
     return MemoryEstimate(by_row, peak_step, steps, not real, mode, target, vocab, note, num_params,
                           (cfg.train.micro_batch_size, cfg.data.seq_len), job.accumulation, list(overrides),
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, allocator.peak())
 
 
 def report(est: MemoryEstimate, budget: int | None) -> list[str]:
-    kind = "fake tensors (nothing allocated)" if est.fake else "real CPU tensors"
+    kind = "fake tensors (nothing allocated)" if est.fake else "real tensors"
     micro, seq = est.micro_batch
     params = f"{est.num_params / 1e9:.2f}B" if est.num_params >= 1e9 else f"{est.num_params / 1e6:.1f}M"
     lines = [f"memory of one training process: {est.steps} step(s) on {kind}, {params} parameters",
@@ -140,6 +164,8 @@ def report(est: MemoryEstimate, budget: int | None) -> list[str]:
              f"peak at step {est.peak_step}, by kind at that moment:"]
     for key, label, _ in [*ROWS, ("total", "total", ())]:
         lines.append(f"  {label:<28}{format_bytes(est.bytes[key]):>12}{est.bytes[key]:>18,d} B")
+    if est.allocator_peak is not None:
+        lines.append(f"  {'CUDA allocator peak':<28}{format_bytes(est.allocator_peak):>12}{est.allocator_peak:>18,d} B")
     if budget is not None:
         total = est.bytes["total"]
         verdict = "FITS" if total <= budget else "DOES NOT FIT"
@@ -152,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     parser.add_argument("--budget", help="memory to fit in: 24GiB, 16GB, 1.5TiB or bytes")
-    parser.add_argument("--real", action="store_true", help="real CPU tensors instead of fake ones (checking)")
+    parser.add_argument("--real", action="store_true", help="real tensors instead of fake ones (checking)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where --real tensors live (cuda: also the allocator's peak)")
     parser.add_argument("--steps", type=int, default=2, help="training steps to run (default 2)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -160,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = None if args.budget is None else parse_bytes(args.budget)
         if args.steps < 1:
             raise ValueError(f"--steps {args.steps}: must be at least 1")
-        est = estimate(args.overrides, args.steps, args.real)
+        if args.device == "cuda" and not args.real:
+            raise ValueError("--device cuda: only with --real (fake tensors live on cpu)")
+        est = estimate(args.overrides, args.steps, args.real, args.device)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -8,7 +8,7 @@ the gradient norm, optimizer.step(), zero_grad(set_to_none=True), the param stra
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -100,12 +100,13 @@ def materialise(model: nn.Module, device: str) -> None:
                     store[name] = made[id(t)][1]
 
 
-def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int) -> Job:
-    """Model -> param strategy -> activation checkpointing -> precision -> optimizer, as train.py orders them."""
+def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int, device: str = "cpu") -> Job:
+    """Model -> param strategy -> activation checkpointing -> precision -> optimizer, as train.py orders them.
+    `device` places real tensors (a real "cuda" job checks the estimate against the GPU's allocator)."""
     torch.manual_seed(cfg.train.seed)
     ctx = BuildContext(model_size=cfg.model.size, seed=cfg.train.seed, zero_stage=cfg.train.zero_stage,
                        total_steps=cfg.train.steps)
-    with nullcontext() if real else torch.device("meta"):  # meta: shapes only, nothing allocated
+    with torch.device(device) if real else torch.device("meta"):  # meta: shapes only, nothing allocated
         model = models.Llama(models.shape_for(cfg.model.size), vocab_size, cfg.model.max_seq_len, cfg.model.attn)
         param_strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
         param_strategy.convert(model)
@@ -119,7 +120,8 @@ def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int) -> Jo
     accumulation = cfg.train.global_batch_size // cfg.train.micro_batch_size
     gen = torch.Generator().manual_seed(cfg.train.seed)
     shape = (cfg.train.micro_batch_size, cfg.data.seq_len + 1)
-    rows = [[torch.randint(0, vocab_size, shape, generator=gen) for _ in range(accumulation)] for _ in range(steps)]
+    rows = [[torch.randint(0, vocab_size, shape, generator=gen).to(device if real else "cpu")
+             for _ in range(accumulation)] for _ in range(steps)]
     batches = [[(r[:, :-1], r[:, 1:]) for r in step] for step in rows]  # as trainer/data.py: views of one row block
     allreduce = AGG.build(config_name(cfg.agg), cfg.agg, ctx).uses_engine_allreduce
     allreduce = allreduce and not getattr(optimizer, "steps_in_backward", False)
@@ -130,7 +132,7 @@ def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int) -> Jo
 def forward_backward(job: Job, inputs: torch.Tensor, targets: torch.Tensor, boundary: bool) -> torch.Tensor:
     if getattr(job.optimizer, "steps_in_backward", False):  # step in backward (trainer/strategy.py's contract)
         job.optimizer.prepare_backward(boundary)
-    with torch.autocast("cpu", dtype=job.autocast or torch.bfloat16, enabled=job.autocast is not None):
+    with torch.autocast(inputs.device.type, dtype=job.autocast or torch.bfloat16, enabled=job.autocast is not None):
         logits = job.model(inputs)  # DeepSpeed's torch_autocast covers the forward only
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     (loss / job.accumulation).backward()  # DeepSpeed divides each micro-batch's loss by the accumulation

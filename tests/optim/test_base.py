@@ -195,3 +195,23 @@ def test_sst_resamples_and_resets_work_with_the_step_in_backward():
     assert_same_weights(ours, ref)
     for (name, a), (_, b) in zip(ours.named_buffers(), ref.named_buffers()):
         assert torch.equal(a, b), name  # the same columns drawn and frozen
+
+
+@pytest.mark.parametrize("optim_name", ["adamw_int8", "dct_adamw", "galore_adamw"])
+def test_a_step_inside_an_autocast_region_is_the_fp32_step(optim_name):
+    """An optimizer step (or a backward hook) that runs inside autocast must not compute its update in bf16:
+    benchmarks/gpu.py stepped under autocast and the low-rank update failed on mixed dtypes (seen on an H200)."""
+    name, extra = ("adamw", {"state_dtype": "int8"}) if optim_name == "adamw_int8" else (optim_name, {})
+    torch.manual_seed(0)
+    model = Llama(shape_for("debug"), vocab_size=64, max_seq_len=16)
+    twin = copy.deepcopy(model)
+    opts = [OPTIM.build(name, OPTIM.make_config({"name": name, **extra}), m, BuildContext(model_size="debug"))
+            for m in (model, twin)]
+    for _ in range(3):
+        for m in (model, twin):
+            for p in m.parameters():
+                p.grad = torch.cos(torch.arange(p.numel(), dtype=torch.float32)).view_as(p)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            opts[0].step()
+        opts[1].step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))

@@ -39,7 +39,7 @@ def grads(layer, x, fn):
     layer.zero_grad()
     x = x.detach().clone().requires_grad_(True)
     y = fn(x)
-    y.backward(torch.cos(torch.arange(y.numel(), dtype=torch.float64)).to(y.dtype).view_as(y))
+    y.backward(torch.cos(torch.arange(y.numel(), dtype=torch.float64)).to(y).view_as(y))  # y's dtype and device
     params = [layer.B, layer.A] + ([layer.values] if layer.values is not None else [])
     return y.detach(), x.grad, [p.grad.clone() for p in params]
 
@@ -106,6 +106,15 @@ def test_cuda_bf16_autocast_close_to_reference():
 
 
 # --- support and init -------------------------------------------------------------------------------
+def test_draw_support_follows_its_generator_under_a_default_device():
+    """Under `with torch.device(...)` (how benchmarks build on a GPU) the draw stays on the generator's device:
+    seen on an H200, where randint defaulted to cuda with a CPU generator and failed."""
+    plain = draw_support(4000, 100, torch.Generator().manual_seed(3))
+    with torch.device("meta"):
+        inside = draw_support(4000, 100, torch.Generator().manual_seed(3))
+    assert inside.device.type == "cpu" and torch.equal(inside, plain)
+
+
 def test_draw_support_is_uniform_sorted_unique():
     counts = torch.zeros(200)
     for seed in range(400):
