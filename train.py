@@ -2,15 +2,22 @@
 
     python train.py                                   # the embedded default (debug model, CPU)
     torchrun --nproc_per_node=2 train.py train.zero_stage=1 param=sltrain optim=dct_adamw
+    python train.py -m param=full,sltrain train.steps=5   # a sweep: one run directory per job
+
+Exit codes: 0 done, 2 bad input (one `error:` line), 75 stopped cleanly to be resumed, 1 anything else;
+a sweep exits with its first failed job's code.
 """
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import agg  # noqa: F401  (registers the agg strategies)
@@ -18,25 +25,29 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import read_dist_env
 from models import Llama, apply_activation_checkpointing, shape_for
-from trainer import checkpoint, corpus, data, engine as eng, precision, runfiles
+from trainer import checkpoint, cli, corpus, data, engine as eng, precision, runfiles
 from trainer.compile import maybe_compile
 from trainer.config import Config, check_world, resolve, run_name
 from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
 from trainer.registry import AGG, OPTIM, PARAM, config_name
+from trainer.schema import check_keys
 from trainer.strategy import BuildContext
 
-ConfigStore.instance().store(name="schema", node=Config)
+ConfigStore.instance().store(name="schema", node=Config)  # the strategy groups: trainer/registry.py
+JOBS = cli.JobLog()
 
 
 def load_config(raw: DictConfig) -> Config:
+    check_keys(raw)  # `+train.setps=5` reaches here; to_object would drop or keep it silently
     return resolve(OmegaConf.to_object(raw))
 
 
-def write_resolved_config(raw: DictConfig, run_dir: str) -> dict:
-    resolved = OmegaConf.to_container(raw, resolve=True)
+def write_resolved_config(cfg: Config, run_dir: str) -> dict:
+    """runs/NAME/config.yaml with every default filled in (SLTrain's per-size rank, not null)."""
+    resolved = runfiles.resolved_config(cfg, cfg.model.vocab_size)
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        f.write(OmegaConf.to_yaml(resolved))
+        f.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return resolved
 
 
@@ -58,7 +69,7 @@ def run(raw: DictConfig) -> int:
     eng.set_threads(cfg.train.threads)
     eng.init_distributed(env, device)
     os.makedirs(run_dir, exist_ok=True)
-    resolved = write_resolved_config(raw, run_dir) if env.is_main else {}
+    resolved = write_resolved_config(cfg, run_dir) if env.is_main else {}
 
     corpus_data = data.prepare(cfg.data, env.is_main, eng.barrier)
     if env.is_main:
@@ -89,14 +100,40 @@ def run(raw: DictConfig) -> int:
         eng.destroy()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(raw: DictConfig) -> None:
+def run_job(raw: DictConfig) -> int:
+    """One run, as an exit code: a ValueError is the user's mistake (one line, 2), anything else a bug (its
+    traceback, 1). It returns rather than exits so that a `-m` sweep goes on to its next job."""
     try:
-        code = run(raw)
+        return run(raw)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        code = 2
-    sys.exit(code)
+        cli.print_error(cli.error_line(e))
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+# conf/ beside this file, also when train.main() is called from an import (Hydra resolves a relative
+# config_path against the calling module then, which finds no `conf` package).
+@hydra.main(version_base="1.3", config_path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"),
+            config_name="config")
+def hydra_task(raw: DictConfig) -> int:
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # each job its own run directory
+        raw.run.name = cli.sweep_run_name(run_name(raw), list(hc.overrides.task), JOBS.swept, hc.job.num)
+    code = run_job(raw)
+    JOBS.add(run_name(raw), code)
+    return code
+
+
+def main() -> None:
+    global JOBS
+    JOBS = cli.JobLog(swept=cli.swept_keys(cli.argv_overrides(sys.argv[1:])))
+    with cli.one_line_errors(), eng.one_process_group():
+        hydra_task()
+    if len(JOBS.jobs) > 1 and read_dist_env().is_main:
+        print(JOBS.summary(), flush=True)
+    sys.exit(JOBS.exit_code())
 
 
 if __name__ == "__main__":

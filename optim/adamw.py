@@ -17,7 +17,8 @@ from trainer.strategy import BuildContext
 @dataclass
 class AdamWConfig(LowMemoryConfig):
     name: str = "adamw"
-    lr: float = 1e-3
+    lr: float = 3e-3
+    """Peak learning rate (the schedule multiplies it); the rate the README's runs and docs/RESULTS.md use."""
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

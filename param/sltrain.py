@@ -48,6 +48,8 @@ B_INITS = ("zero", "kaiming")
 
 @dataclass
 class SLTrainConfig:
+    """The paper's recipe pairs these with optim.lr=0.003 and weight decay 0 (optim=adamw's defaults)."""
+
     name: str = "sltrain"
     rank: int | None = None
     """r of B A. None: SIZE_DEFAULTS for model.size (METHODS.md section 3: 128/256/256/512/1024)."""

@@ -1,7 +1,9 @@
-"""Typed configuration: the schema. Hydra YAML under conf/ only overrides these defaults.
+"""Typed configuration: the schema, and the only place a default lives.
 
-`param`, `optim` and `agg` are Hydra groups whose node is `{name: ..., **fields}`;
-`resolve()` turns each into the typed config its registry entry declares.
+conf/config.yaml only picks the default strategies and Hydra's own settings. `param`, `optim` and `agg`
+are Hydra groups whose options are the strategies' config dataclasses (trainer/registry.py stores each
+in Hydra's ConfigStore when it registers); a YAML under conf/<group>/ holding `{name: ..., **fields}`
+also works. `resolve()` turns each group node into the typed config its registry entry declares.
 """
 from __future__ import annotations
 
@@ -211,6 +213,8 @@ def resolve(cfg: Config) -> Config:
         node = getattr(cfg, attr)
         if isinstance(node, dict):
             setattr(cfg, attr, registry.make_config(node))
+        elif registry.get(node.name).config_cls is not type(node):  # `param.name=sst` under param=sltrain
+            raise ValueError(f"{attr}.name={node.name} does not change the strategy; choose it with {attr}={node.name}")
     for attr in ("param", "optim", "agg"):
         check = getattr(getattr(cfg, attr), "check", None)
         if check is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import deepspeed
@@ -316,8 +317,24 @@ def _dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
+_kept = 0  # > 0 while a caller keeps one process group across runs (one_process_group)
+
+
+@contextmanager
+def one_process_group():
+    """One process group for every run inside (the jobs of a `-m` sweep), destroyed on exit. A second
+    rendezvous in one process hangs under torchrun, whose agent's store keeps the first one's keys."""
+    global _kept
+    _kept += 1
+    try:
+        yield
+    finally:
+        _kept -= 1
+        destroy()
+
+
 def destroy() -> None:
-    if dist.is_initialized():
+    if dist.is_initialized() and not _kept:
         dist.destroy_process_group()
 
 

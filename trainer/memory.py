@@ -71,17 +71,17 @@ def load_config(overrides: list[str]) -> Config:
     from omegaconf.errors import OmegaConfBaseException
 
     import agg, optim, param  # noqa: F401,E401  (register the strategies, as train.py does)
+    from trainer.cli import hydra_error_line
+    from trainer.schema import check_keys
 
     ConfigStore.instance().store(name="schema", node=Config)  # as train.py
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             raw = compose(config_name="config", overrides=overrides)
+        check_keys(raw)
         typed = OmegaConf.to_object(raw)
     except (HydraException, OmegaConfBaseException) as e:
-        cause = str(e.__cause__).splitlines()[:1] if e.__cause__ is not None else []
-        text = str(e).split("Config search path")[0]  # Hydra appends its search path to a missing group option
-        lines = [line.strip() for line in [*text.splitlines(), *cause] if line.strip()]
-        raise ValueError(" ".join(lines) or type(e).__name__) from None
+        raise ValueError(hydra_error_line(e)) from None
     return resolve(typed)
 
 def target_precision(cfg: Config) -> tuple[str, str]:

@@ -5,14 +5,20 @@ A method registers itself once, from its own file:
     @PARAM.register("sltrain", SLTrainConfig)
     class SLTrain(ParamStrategy): ...
 
-and users pick it with the Hydra group choice `param=sltrain`. The trainer only
-ever looks names up here, so adding a method never touches `trainer/`.
+and users pick it with the Hydra group choice `param=sltrain`: registering also stores the dataclass
+in Hydra's ConfigStore as the group option `param/sltrain`, so the dataclass is the one place its
+defaults live (no YAML restates them) and `param.rank=8` is typed. The trainer only ever looks names
+up here, so adding a method never touches `trainer/` or `conf/`.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from hydra.core.config_store import ConfigStore
+
+from trainer.schema import closest, init_fields, unknown_keys_message
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Registry:
             if name in self._entries:
                 raise ValueError(f"{self.kind} strategy {name!r} is registered twice")
             self._entries[name] = Entry(name, config_cls, factory)
+            ConfigStore.instance().store(group=self.kind, name=name, node=config_cls)
             return factory
 
         return decorator
@@ -48,7 +55,9 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind}={name!r}; choose one of: {', '.join(self.names())}")
+            near = closest(name, self.names())
+            hint = f" (did you mean {self.kind}={near}?)" if near else ""
+            raise ValueError(f"unknown {self.kind}={name!r}{hint}; choose one of: {', '.join(self.names())}")
         return self._entries[name]
 
     def make_config(self, raw: dict[str, Any]):
@@ -58,13 +67,10 @@ class Registry:
         if name is None:
             raise ValueError(f"{self.kind} config has no 'name'; set {self.kind}=<one of: {', '.join(self.names())}>")
         entry = self.get(name)
-        fields = {f.name for f in dataclasses.fields(entry.config_cls) if f.init}
-        unknown = sorted(set(raw) - fields)
+        fields = init_fields(entry.config_cls)
+        unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise ValueError(
-                f"unknown key(s) {', '.join(f'{self.kind}.{k}' for k in unknown)} for {self.kind}={name}; "
-                f"valid keys: {', '.join(sorted(fields))}"
-            )
+            raise ValueError(unknown_keys_message(self.kind, unknown, fields, f" for {self.kind}={name}"))
         return entry.config_cls(**raw)
 
     def build(self, name: str, *args, **kwargs):

@@ -1,13 +1,12 @@
-"""Every shipped agg YAML composes into its typed config; bad values are one-line errors."""
-from pathlib import Path
-
+"""Every registered aggregator composes into its typed config; bad values are one-line errors."""
 import pytest
 
-from tests.helpers import ROOT, compose
+from tests.helpers import compose
+from trainer.registry import AGG
 
 import train
 
-NAMES = sorted(p.stem for p in (ROOT / "conf" / "agg").glob("*.yaml"))
+NAMES = AGG.names()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.distributed as dist
-from hydra.core.config_store import ConfigStore
 from torch import nn
 
 from models import projection_modules
@@ -113,9 +112,6 @@ def toy_strategies():
     OPTIM.register("toy_sgd", ToyOptimConfig)(
         lambda cfg, model, ctx: keep("optim", ToySGD([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum)))
     AGG.register("toy_mean", ToyAggConfig)(lambda cfg, ctx: keep("agg", ToyMean(cfg, ctx)))
-    store = ConfigStore.instance()
-    for group, name in (("param", "toy_param"), ("optim", "toy_sgd"), ("agg", "toy_mean")):
-        store.store(group=group, name=name, node={"name": name})  # what a YAML file would hold
     yield built
     for registry, name in ((PARAM, "toy_param"), (OPTIM, "toy_sgd"), (AGG, "toy_mean")):
         registry.unregister(name)
