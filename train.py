@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 import agg  # noqa: F401  (registers the agg strategies)
 import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
-from launch.env import read_dist_env
+from launch.env import DistEnv, read_dist_env
 from models import Llama, apply_activation_checkpointing, shape_for
-from trainer import checkpoint, cli, corpus, data, engine as eng, precision, runfiles
+from trainer import checkpoint, cli, corpus, data, diskfull, engine as eng, lock, precision, rundir, runfiles
 from trainer.compile import maybe_compile
 from trainer.config import Config, check_world, resolve, run_name
 from trainer.loop import Trainer
@@ -64,10 +64,19 @@ def run(raw: DictConfig) -> int:
     shape_for(cfg.model.size)
     checkpoint.check_resume_arg(cfg.train.resume)
     run_dir = os.path.join(cfg.run.out_dir, run_name(cfg))
-    runfiles.check_resume(run_dir, cfg)  # before any file is written; resumes with the checkpoint's tokenizer
+    lock.check_free(run_dir)  # a run that holds the directory is named before its files are read
+    runfiles.check_resume(run_dir, cfg)  # before any file is written
     device = eng.pick_device(cfg, env)
     eng.set_threads(cfg.train.threads)
     eng.init_distributed(env, device)
+    # One run per directory, from here to exit (also the exit-75 stop); a full disk anywhere is one line.
+    with lock.hold(run_dir, env.is_main, eng.broadcast_object), diskfull.stops_the_run(run_dir, "training"):
+        resume_from = rundir.claim(run_dir, cfg, env.rank, env.world_size)  # moves an earlier run aside
+        return build_and_fit(cfg, env, device, run_dir, resume_from)
+
+
+def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str, resume_from: str | None) -> int:
+    """Build everything and fit, in a run directory this process holds (`run`)."""
     os.makedirs(run_dir, exist_ok=True)
     resolved = write_resolved_config(cfg, run_dir) if env.is_main else {}
 
@@ -94,7 +103,7 @@ def run(raw: DictConfig) -> int:
     log.info(f"run {run_dir}: {cfg.model.size} model, param={config_name(cfg.param)} optim={config_name(cfg.optim)} "
              f"agg={config_name(cfg.agg)}, {env.world_size} process(es) on {device}, ZeRO-{cfg.train.zero_stage}")
     try:
-        return Trainer(cfg, engine, param_strategy, aggregator, corpus_data, env.rank, env.world_size, run_dir, log).fit()
+        return Trainer(cfg, engine, param_strategy, aggregator, corpus_data, env.rank, env.world_size, run_dir, log).fit(resume_from)
     finally:
         log.close()
         eng.destroy()

@@ -13,7 +13,8 @@ and threads. On resume (`train.verify_checkpoint`):
   1.1 GB/s per rank and thread here). Catches silent corruption (a flipped bit) as well.
 
 A checkpoint that fails is reported and skipped (never deleted). Re-saving a step that exists moves the
-old folder aside (still found by resume) until the new one is in place.
+old folder aside (still found by resume) until the new one is in place. A full disk mid-save stops the run
+with one line and removes the unfinished folder (`saving`).
 """
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ import random
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+
+from trainer import diskfull
 
 MANIFEST = "MANIFEST.json"
 VERIFY_MODES = ("full", "sizes", "off")
@@ -74,8 +78,10 @@ class HashingFile:
 
     def close(self) -> dict:
         """Close the file; its manifest entry."""
-        self.file.close()
-        self.pool.shutdown()
+        try:
+            self.file.close()  # flushes: may raise ENOSPC itself
+        finally:
+            self.pool.shutdown()
         if self.in_chunk or not self.hashes:
             self.hashes.append(self.current.hexdigest())
         return {"bytes": self.size, "sha256_chunks": self.hashes}
@@ -121,6 +127,16 @@ def write_manifest(directory: str, step: int, recorded: dict[str, dict] | None =
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(directory, MANIFEST))
+
+
+@contextmanager
+def saving(root: str, step: int):
+    """Around one save, on every rank: a full disk stops the run with one line (diskfull) after removing the
+    unfinished folder, so no half-written step is ever published and the earlier checkpoints stay as they were."""
+    tmp = tmp_dir(root, step)
+    doing = f"saving the checkpoint of step {step} (its unfinished folder was removed; earlier checkpoints are intact)"
+    with diskfull.stops_the_run(tmp, doing, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        yield tmp
 
 
 def publish(root: str, step: int, recorded: dict[str, dict] | None = None) -> str:
@@ -220,13 +236,17 @@ def find_resume(root: str, resume: str, warn, check=verify) -> str | None:
     return None
 
 
-def prune(root: str, keep_last: int) -> None:
-    """Keep the newest `keep_last` steps; drop unsealed saves and folders moved aside whose successor exists."""
+def prune(root: str, keep_last: int, newest: int | None = None) -> None:
+    """Keep the newest `keep_last` steps up to `newest`, the step this run just saved (default: the highest
+    there), which is never deleted; steps above it are not this run's and are left alone (train.py moves an
+    earlier run's checkpoints aside at start: trainer/rundir.py). Also drops unsealed saves and folders
+    moved aside whose successor exists."""
     checkpoints = list_checkpoints(root)
-    steps = sorted({step for step, _ in checkpoints}, reverse=True)[:keep_last]
+    newest = max((step for step, _ in checkpoints), default=0) if newest is None else newest
+    keep = set(sorted({step for step, _ in checkpoints if step <= newest}, reverse=True)[:keep_last]) | {newest}
     for step, path in checkpoints:
         superseded = path.endswith(PREV) and os.path.isdir(step_dir(root, step))
-        if step not in steps or superseded:
+        if superseded or (step < newest and step not in keep):
             shutil.rmtree(path, ignore_errors=True)
     for name in os.listdir(root):
         if name.startswith(".tmp-step_"):

@@ -104,9 +104,12 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def save(self) -> None:
-        """Every rank writes and hashes its own files; rank 0 seals the checkpoint with their hashes."""
-        step = self.state.step
-        tmp = checkpoint.tmp_dir(self.ckpt_root, step)
+        """Every rank writes and hashes its own files; rank 0 seals the checkpoint with their hashes. A full
+        disk stops the run with one line, the unfinished folder removed (checkpoint.saving)."""
+        with checkpoint.saving(self.ckpt_root, self.state.step) as tmp:
+            self._save(self.state.step, tmp)
+
+    def _save(self, step: int, tmp: str) -> None:
         os.makedirs(tmp, exist_ok=True)
         eng.barrier()
         self.state.strategies = {"param": self.param.state_dict(), "agg": self.agg.state_dict()}
@@ -122,7 +125,7 @@ class Trainer:
         everyone = eng.gather_object(written)  # also the barrier: rank 0 goes on once every rank has written
         if self.rank == 0:
             checkpoint.publish(self.ckpt_root, step, {k: v for files in everyone for k, v in files.items()})
-            checkpoint.prune(self.ckpt_root, self.cfg.train.keep_last)
+            checkpoint.prune(self.ckpt_root, self.cfg.train.keep_last, newest=step)
         eng.barrier()
 
     def verify_shared(self, path: str) -> str | None:
@@ -130,9 +133,11 @@ class Trainer:
         problems = eng.all_gather_object(checkpoint.verify(path, self.cfg.train.verify_checkpoint, self.rank, self.world_size))
         return next((p for p in problems if p), None)
 
-    def maybe_resume(self) -> None:
-        path = checkpoint.find_resume(self.ckpt_root, self.cfg.train.resume, self.log.info, self.verify_shared)
-        path = eng.broadcast_object(path)  # rank 0's answer, should a rank have seen another folder listing
+    def maybe_resume(self, path: str | None = None) -> None:
+        """Resume from `path` (already verified), else from the checkpoint train.resume picks, if any."""
+        if path is None:
+            path = checkpoint.find_resume(self.ckpt_root, self.cfg.train.resume, self.log.info, self.verify_shared)
+            path = eng.broadcast_object(path)  # rank 0's answer, should a rank have seen another folder listing
         if path is None:
             return
         shared = checkpoint.load_file(checkpoint.shared_file(path))
@@ -147,9 +152,10 @@ class Trainer:
         self.log.info(f"resumed from {path} at step {self.state.step}")
 
     # --- the loop -------------------------------------------------------------------------------
-    def fit(self) -> int:
-        """Train to train.steps; returns a process exit code (0, or EXIT_PREEMPTED after a stop request)."""
-        self.maybe_resume()
+    def fit(self, resume_from: str | None = None) -> int:
+        """Train to train.steps; returns a process exit code (0, or EXIT_PREEMPTED after a stop request).
+        `resume_from`: a verified checkpoint to continue (train.py's rundir.claim), else train.resume decides."""
+        self.maybe_resume(resume_from)
         self.log.begin(self.state.step)
         t = self.cfg.train
         if self.state.step == 0:

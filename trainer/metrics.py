@@ -12,6 +12,7 @@ import time
 import psutil
 import torch
 
+from trainer import diskfull
 from trainer.config import LogConfig
 
 
@@ -86,15 +87,20 @@ class MetricsLog:
             return
         with open(self.path) as f:
             kept = [line for line in f if _record_step(line) <= step]
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(kept)
+        with diskfull.stops_the_run(self.path, "trimming the metrics to the resumed step", cleanup=self._drop_tmp):
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
         os.replace(self.path + ".tmp", self.path)
+
+    def _drop_tmp(self) -> None:
+        if os.path.exists(self.path + ".tmp"):
+            os.remove(self.path + ".tmp")
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.is_main:
             return
         record = {"step": step, "time": round(time.time(), 3), **metrics}
-        with open(self.path, "a") as f:
+        with diskfull.stops_the_run(self.path, f"appending the metrics of step {step}"), open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)

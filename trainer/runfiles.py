@@ -7,7 +7,8 @@
 
 A data cache can be cleaned and runs/NAME/config.yaml is rewritten by every start, so resume and export
 read these copies instead. A resume whose model shape or strategies differ from the checkpoint's stops
-before any file is written (check_resume, called in train.py before the run directory is touched).
+before any file is written (check_resume, called in train.py before the run directory is touched); the
+resume then trains with the checkpoint's own tokenizer (trainer/rundir.py, once it has been verified).
 """
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ def _differences(saved: dict, now: dict) -> list[tuple[str, object, object]]:
 
 
 def check_resume(run_dir: str, cfg: Config) -> None:
-    """Before anything is written: refuse a resume with another model shape or strategy, and point
-    data.tokenizer at the checkpoint's own tokenizer (so a cleaned cache never retrains a different one)."""
+    """Before anything is written: refuse a resume with another model shape, strategy or tokenizer than the
+    checkpoint's (its own tokenizer is used once it is verified, so a cleaned cache never retrains another)."""
     ckpt = _resume_candidate(run_dir, cfg.train.resume)
     if ckpt is None or not os.path.isfile(os.path.join(ckpt, CONFIG)):
         return
@@ -136,4 +137,3 @@ def check_resume(run_dir: str, cfg: Config) -> None:
     if given and os.path.isfile(given) and not filecmp.cmp(given, own, shallow=False):
         raise ValueError(f"data.tokenizer={cfg.data.tokenizer!r} is not the tokenizer {ckpt} was trained with; "
                          f"drop data.tokenizer to resume with the checkpoint's own, or start a new run")
-    cfg.data.tokenizer = own

@@ -69,6 +69,20 @@ def test_prune_keeps_the_newest(tmp_path):
     assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [4, 3]
 
 
+@pytest.mark.parametrize("keep_last", [1, 2, 3])
+def test_prune_never_deletes_the_step_just_saved(tmp_path, keep_last):
+    """Steps above the one just saved are not this run's (an earlier run, or a timeline resumed from an
+    older step): they neither push this run's newest out nor get deleted by it."""
+    fake_checkpoint(tmp_path, 7)  # another run's, left in the directory
+    fake_checkpoint(tmp_path, 8)
+    for step in (1, 2, 3):
+        fake_checkpoint(tmp_path, step)
+        checkpoint.prune(str(tmp_path), keep_last=keep_last, newest=step)
+    steps = [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))]
+    reference = [8, 7] + [s for s in (3, 2, 1)][:keep_last]  # the slow way: all above, then ours newest first
+    assert steps == reference
+
+
 def test_resume_never_and_empty(tmp_path):
     assert checkpoint.find_resume(str(tmp_path / "none"), "auto", print) is None
     fake_checkpoint(tmp_path, 1)

@@ -1,6 +1,12 @@
 """metrics.jsonl across runs in one directory: a fresh run keeps the earlier file, a resumed run logs each step once."""
+import builtins
+import errno
 import json
+import os
 
+import pytest
+
+from trainer import metrics as metrics_module
 from trainer.config import LogConfig
 from trainer.metrics import MetricsLog
 
@@ -41,6 +47,40 @@ def test_resume_drops_the_steps_it_will_redo_and_a_torn_line(tmp_path):
     resumed.begin(5)
     write_steps(resumed, range(6, 10))
     assert steps_in(tmp_path / "metrics.jsonl") == list(range(10))
+
+
+class FullDiskFile:
+    """What open() gives for writing on a full disk: every write fails with ENOSPC."""
+
+    def __init__(self, path, mode="r", *args, **kwargs):
+        self.file = builtins.open(path, mode, *args, **kwargs)
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writelines = write
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def full_disk_open(path, mode="r", *args, **kwargs):
+    return FullDiskFile(path, mode, *args, **kwargs) if set(mode) & set("wa") else builtins.open(path, mode, *args, **kwargs)
+
+
+@pytest.mark.parametrize("when", ["appending", "trimming on resume"])
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, when):
+    log = open_log(tmp_path)
+    write_steps(log, range(3))
+    before = (tmp_path / "metrics.jsonl").read_text()
+    monkeypatch.setattr(metrics_module, "open", full_disk_open, raising=False)  # this module's open() only
+    with pytest.raises(ValueError) as e:
+        write_steps(log, [3]) if when == "appending" else open_log(tmp_path).begin(1)
+    assert str(e.value).startswith(f"disk full (No space left on device) at {tmp_path / 'metrics.jsonl'} while ")
+    assert (tmp_path / "metrics.jsonl").read_text() == before and os.listdir(tmp_path) == ["metrics.jsonl"]
 
 
 def test_only_the_main_rank_touches_the_file(tmp_path):
