@@ -1,9 +1,9 @@
 """Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of `mean` and of
 `flag` variants (and any other aggregator listed) against a clean `mean` run with the same seed and steps.
 
-    python benchmarks/flag_robustness.py                                    # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~12 min on 2 cores
-    python benchmarks/flag_robustness.py --nproc 8 --byzantine 2 --out benchmarks/results/flag_robustness_p8.json
-    python benchmarks/flag_robustness.py --aggs mean flag flag_raw flag_raw_m1 flag_m_spec   # the docs/flag.md columns
+    python benchmarks/flag_robustness.py                  # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
+    python benchmarks/flag_robustness.py --nproc 8 --byzantine 2 --out benchmarks/results/flag_robustness_p8.json   # ~20 min
+    python benchmarks/flag_robustness.py --aggs mean flag flag_raw flag_m_spec   # the docs/flag.md columns
     python benchmarks/flag_robustness.py --aggs median multi_krum --out benchmarks/results/flag_robustness_baselines.json
     python benchmarks/flag_robustness.py --steps 40 --attacks sign_flip nan --aggs mean flag
 
@@ -46,7 +46,8 @@ AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 
 
 def agg_overrides(args, agg: str) -> list[str]:
     m_spec = math.ceil((args.nproc + 1) / 2)
-    extra = {"multi_krum": [f"agg.num_byzantine={args.byzantine}"], "trimmed_mean": [f"agg.num_trim={args.byzantine}"]}.get(agg, [])
+    f = args.byzantine  # the aggregators that take f are told it
+    extra = {"multi_krum": [f"agg.num_byzantine={f}"], "trimmed_mean": [f"agg.num_trim={f}"]}.get(agg, [])
     return [o.format(m_spec=m_spec) for o in AGGS[agg]] + extra
 
 
@@ -136,7 +137,8 @@ def weight_table(args, results: dict) -> list[str]:
     if not aggs:
         return []
     cosines = [results[f"clean/{a}"]["mean_cosine"] for a in aggs if results.get(f"clean/{a}", {}).get("mean_cosine") is not None]
-    lines = ["", f"weight of Byzantine ranks {byzantine_ranks(args)} in the aggregate (the largest, median over steps; 1 = fully used, 0 = ignored)"]
+    lines = ["", f"weight of Byzantine ranks {byzantine_ranks(args)} in the aggregate "
+                 "(the largest, median over steps; 1 = fully used, 0 = ignored)"]
     if cosines:
         lines.append(f"workers' mean pairwise gradient cosine in the clean {aggs[0]} run (median over steps): {cosines[0]:.3f}")
     lines.append(f"{'attack':<16}" + "".join(f"{a:>20}" for a in aggs))
