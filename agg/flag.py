@@ -10,8 +10,16 @@ span(X), so Y = X A with A (p x m). With Kx = D^-1 K D^-1 (D = diag ||g_i||) and
 
     top-m eigenpairs (V, S) of B^T Kx B      ->  A = B V S^-1/2        (never an n x p SVD)
     ||Y^T X b||^2 = ||A^T Kx b||^2
-    aggregate = G c,  c = D^-1 A A^T D^-1 K 1 / p        (raw: (1/p) Y Y^T sum g_i, the paper; default)
-                      c = D^-1 A A^T Kx 1 / m             (normalized: (1/m) sum Y Y^T x_i, public code)
+    aggregate = G c,  c = D^-1 A A^T Kx 1 / m             (normalized: (1/m) sum Y Y^T x_i, public code; default)
+                      c = D^-1 A A^T D^-1 K 1 / p        (raw: (1/p) Y Y^T sum g_i, the paper and METHODS.md 5)
+
+Defaults: the normalized aggregate with m = 1, the form that stays within 5% of the clean loss under every
+attack of benchmarks/flag_robustness.py (p = 4 with 1 Byzantine worker, p = 8 with 2; docs/flag.md). A flag
+cannot see a sign, so the raw aggregate carries a sign-flipped worker at full magnitude, and a tiny weight
+times a huge noise vector still outweighs the honest signal; the normalized one bounds each worker to its unit
+vector's projection. m = 1 keeps only the direction the honest workers agree on: spare dimensions take in
+whatever the honest line leaves unexplained, i.e. an attacker. `normalized=false` (with m = 0) is the spec's
+raw form, m = ceil((p + 1) / 2).
 
 Initial Y: an orthonormal basis of X R, R a fixed-seed Gaussian p x m, identical on all ranks (drawn in the
 workers' span so it stays a function of K; an ambient random Y in high dimension is nearly orthogonal to
@@ -37,16 +45,17 @@ from trainer.registry import AGG
 class FlagConfig(RobustConfig):
     name: str = "flag"
     m: int = 0
-    """Flag dimension; 0: ceil((p + 1) / 2) for p workers (METHODS.md 5)."""
+    """Flag dimension; 0: `flag_dimension`'s rule (1 for the normalized aggregate, ceil((p + 1) / 2) for the raw one)."""
     lam: float = 0.0
     """Weight of the pairwise-difference terms (METHODS.md 5: default 0)."""
     iterations: int = 5
     """IRLS iterations at most (METHODS.md 5)."""
     tol: float = 1e-10
     """Stop when the objective falls by less than this (METHODS.md 5)."""
-    normalized: bool = False
-    """False: (1/p) Y Y^T sum g_i on raw gradients (the paper; keeps magnitude). True: (1/m) sum Y Y^T x_i
-    on normalized ones (the public code)."""
+    normalized: bool = True
+    """True: (1/m) sum Y Y^T x_i on normalized gradients (the public code; robust, docs/flag.md). False:
+    (1/p) Y Y^T sum g_i on raw gradients (the paper and METHODS.md 5; keeps magnitude, not robust to
+    sign_flip or noise attacks)."""
     seed: int = 0
     """Seed of the initial Y (identical on all ranks)."""
 
@@ -54,6 +63,14 @@ class FlagConfig(RobustConfig):
         super().__post_init__()
         if self.m < 0 or self.lam < 0 or self.iterations < 0 or self.tol < 0:
             raise ValueError("agg.m, agg.lam, agg.iterations, agg.tol: must be >= 0")
+
+
+def flag_dimension(p: int, m: int, normalized: bool) -> int:
+    """The flag dimension for p workers: m if set (at most p); else 1 for the normalized aggregate (the one
+    direction honest workers agree on: robust, docs/flag.md) and ceil((p + 1) / 2) for the raw one (METHODS.md 5)."""
+    if m:
+        return min(p, m)
+    return min(p, 1) if normalized else math.ceil((p + 1) / 2)
 
 
 # --- the Gram-only algorithm (float64, p x p) -----------------------------------------------------
@@ -122,7 +139,7 @@ def flag_coefficients(gram: torch.Tensor, good: torch.Tensor, cfg: FlagConfig):
         return coef, explained, 0
     k = gram[idx][:, idx]
     inv, kx = unit_gram(k)
-    m = min(p, cfg.m or math.ceil((p + 1) / 2))
+    m = flag_dimension(p, cfg.m, cfg.normalized)
     a, done = flag_subspace(kx, m, cfg.lam, cfg.iterations, cfg.tol, cfg.seed)
     ones = torch.ones(p, dtype=torch.float64)
     if cfg.normalized:

@@ -70,7 +70,7 @@ def measure(rank, world_size, numels, repeats, out_path):
 
 
 def main() -> None:
-    from tests.helpers import run_distributed
+    from harness import run_distributed
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--numel", type=int, nargs="+", default=[166_208, 4_194_304])

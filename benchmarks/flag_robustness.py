@@ -1,18 +1,21 @@
-"""Robustness run: 4 CPU processes, 1 Byzantine rank, each attack; final validation loss of `mean` and of
-`flag` variants (and any other aggregator listed) against a clean run with the same seed and steps.
+"""Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of `mean` and of
+`flag` variants (and any other aggregator listed) against a clean `mean` run with the same seed and steps.
 
-    python benchmarks/flag_robustness.py          # mean, flag, flag normalized, flag normalized m=1: 32 runs, ~25 min on 2 cores
+    python benchmarks/flag_robustness.py                  # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
+    python benchmarks/flag_robustness.py --nproc 8 --byzantine 2 --out benchmarks/results/flag_robustness_p8.json   # ~20 min
+    python benchmarks/flag_robustness.py --aggs mean flag flag_raw flag_m_spec   # the docs/flag.md columns
     python benchmarks/flag_robustness.py --aggs median multi_krum --out benchmarks/results/flag_robustness_baselines.json
     python benchmarks/flag_robustness.py --steps 40 --attacks sign_flip nan --aggs mean flag
 
-Prints a table and writes benchmarks/results/flag_robustness.json. Each run is train.py under torchrun
-(the debug model on the built-in corpus), exactly as a user would start it.
+Prints a table, each aggregator's worst ratio to the clean loss against `--tolerance` (acceptance: every
+attack within 5%), and writes benchmarks/results/flag_robustness.json. Each run is train.py under torchrun
+(the debug model on the built-in corpus), exactly as a user would start it. Byzantine ranks are 1..f.
 
-The default global batch, 256 sequences (64 per worker), is where the honest workers' gradients agree
-enough for a subspace method to tell them from an attacker: the logged `agg/mean_cosine` of the clean Flag
-run is recorded with the results. With 4 sequences per worker (`--batch 16`) the gradients are nearly
-orthogonal (mean pairwise cosine ~0.03-0.1 on the debug model), every 3 of the 4 workers span an equally
-good flag, and no flag-based aggregate can single the attacker out.
+The default global batch, 256 sequences (64 per worker at p = 4, 32 at p = 8), is where the honest workers'
+gradients agree enough for a subspace method to tell them from an attacker: the logged `agg/mean_cosine` of
+the clean Flag run is recorded with the results. With 4 sequences per worker (`--batch 16`) the gradients
+are nearly orthogonal (mean pairwise cosine ~0.03-0.1 on the debug model), every 3 of the 4 workers span an
+equally good flag, and no flag-based aggregate can single the attacker out.
 """
 from __future__ import annotations
 
@@ -21,27 +24,35 @@ import json
 import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.helpers import train_command, train_env  # noqa: E402
+from harness import ROOT, train_command, train_env
 
 ATTACKS = ["sign_flip", "gaussian", "uniform_random", "alie", "fall_of_empires", "zero", "nan"]
-AGGS = {  # label -> overrides
+AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 1) / 2)
     "mean": ["agg=mean"],
-    "flag": ["agg=flag"],
-    "flag_normalized": ["agg=flag", "agg.normalized=true"],
-    "flag_m1": ["agg=flag", "agg.m=1"],
-    "flag_normalized_m1": ["agg=flag", "agg.normalized=true", "agg.m=1"],
+    "flag": ["agg=flag"],  # the defaults: normalized aggregate, m = 1
+    "flag_raw": ["agg=flag", "agg.normalized=false"],  # the spec (METHODS.md 5): raw aggregate, m = ceil((p + 1) / 2)
+    "flag_raw_m1": ["agg=flag", "agg.normalized=false", "agg.m=1"],
+    "flag_m2": ["agg=flag", "agg.m=2"],
+    "flag_m_spec": ["agg=flag", "agg.m={m_spec}"],  # normalized, m = ceil((p + 1) / 2)
     "median": ["agg=median"],
     "trimmed_mean": ["agg=trimmed_mean"],
     "multi_krum": ["agg=multi_krum"],
 }
+
+
+def agg_overrides(args, agg: str) -> list[str]:
+    m_spec = math.ceil((args.nproc + 1) / 2)
+    f = args.byzantine  # the aggregators that take f are told it
+    extra = {"multi_krum": [f"agg.num_byzantine={f}"], "trimmed_mean": [f"agg.num_trim={f}"]}.get(agg, [])
+    return [o.format(m_spec=m_spec) for o in AGGS[agg]] + extra
+
+
+def byzantine_ranks(args) -> list[int]:
+    return list(range(1, args.byzantine + 1))
 
 
 def base_overrides(args, out_dir: Path, cache: Path) -> list[str]:
@@ -74,15 +85,22 @@ def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     run_dir = out_dir / name
-    result = {"val_loss": final_val_loss(run_dir), "byzantine_weight": logged_median(run_dir, f"agg/weight_rank{args.byzantine_rank}"),
+    weights = [logged_median(run_dir, f"agg/weight_rank{r}") for r in byzantine_ranks(args)]
+    result = {"val_loss": final_val_loss(run_dir), "byzantine_weights": weights,
+              "byzantine_weight": max(weights) if None not in weights else None,
               "mean_cosine": logged_median(run_dir, "agg/mean_cosine"), "wall_s": time.perf_counter() - start}
     print(f"  {name:<32} val loss {result['val_loss']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
     return result
 
 
+def ratio(results: dict, key: str, clean: float) -> float:
+    loss = results[key]["val_loss"] if key in results else float("nan")
+    return loss / clean if math.isfinite(loss) else float("inf")
+
+
 def loss_table(args, results: dict, clean: float) -> list[str]:
     header = f"{'attack':<16}" + "".join(f"{a:>20}" for a in args.aggs)
-    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); 1 Byzantine of {args.nproc}", header]
+    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {byzantine_ranks(args)} of {args.nproc}", header]
     for attack in ["clean", *args.attacks]:
         cells = []
         for agg in args.aggs:
@@ -93,13 +111,34 @@ def loss_table(args, results: dict, clean: float) -> list[str]:
     return lines
 
 
+def verdicts(args, results: dict, clean: float) -> dict[str, dict]:
+    """Each aggregator's worst ratio to the clean loss over the clean run and every attack."""
+    out = {}
+    for agg in args.aggs:
+        ratios = {t: ratio(results, f"{t}/{agg}", clean) for t in ["clean", *args.attacks]}
+        worst = max(ratios, key=ratios.get)
+        finite = math.isfinite(ratios[worst])  # a nan loss (diverged) is stored as None, JSON has no inf
+        out[agg] = {"worst_attack": worst, "worst_ratio": ratios[worst] if finite else None,
+                    "within_tolerance": finite and ratios[worst] <= 1 + args.tolerance}
+    return out
+
+
+def verdict_lines(args, verdict: dict) -> list[str]:
+    lines = ["", f"worst ratio to the clean loss (tolerance {1 + args.tolerance:.2f})"]
+    for agg, v in verdict.items():
+        shown = "nan" if v["worst_ratio"] is None else f"{v['worst_ratio']:.3f}"
+        lines.append(f"{agg:<20} {shown:>8} ({v['worst_attack']})  {'within' if v['within_tolerance'] else 'NOT within'}")
+    return lines
+
+
 def weight_table(args, results: dict) -> list[str]:
-    """The Byzantine rank's logged weight (median over steps) for the aggregators that log one."""
+    """The Byzantine ranks' largest logged weight (median over steps) for the aggregators that log one."""
     aggs = [a for a in args.aggs if any(results.get(f"{t}/{a}", {}).get("byzantine_weight") is not None for t in args.attacks)]
     if not aggs:
         return []
     cosines = [results[f"clean/{a}"]["mean_cosine"] for a in aggs if results.get(f"clean/{a}", {}).get("mean_cosine") is not None]
-    lines = ["", f"weight of Byzantine rank {args.byzantine_rank} in the aggregate (median over steps; 1 = fully used, 0 = ignored)"]
+    lines = ["", f"weight of Byzantine ranks {byzantine_ranks(args)} in the aggregate "
+                 "(the largest, median over steps; 1 = fully used, 0 = ignored)"]
     if cosines:
         lines.append(f"workers' mean pairwise gradient cosine in the clean {aggs[0]} run (median over steps): {cosines[0]:.3f}")
     lines.append(f"{'attack':<16}" + "".join(f"{a:>20}" for a in aggs))
@@ -109,40 +148,51 @@ def weight_table(args, results: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256, help="global batch (sequences per step)")
     parser.add_argument("--eval-batches", type=int, default=8)
-    parser.add_argument("--nproc", type=int, default=4)
-    parser.add_argument("--byzantine-rank", type=int, default=1)
+    parser.add_argument("--nproc", type=int, default=4, help="workers p (torchrun processes)")
+    parser.add_argument("--byzantine", type=int, default=1, help="Byzantine workers f: ranks 1..f")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=0.05, help="allowed loss above the clean run")
     parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
-    parser.add_argument("--aggs", nargs="+", default=["mean", "flag", "flag_normalized", "flag_normalized_m1"], choices=list(AGGS))
+    parser.add_argument("--aggs", nargs="+", default=["mean", "flag"], choices=list(AGGS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flag_robustness.json"))
     args = parser.parse_args()
+    if not 1 <= args.byzantine < args.nproc or args.batch % args.nproc:
+        parser.error("--byzantine must be in 1..nproc-1 and --batch a multiple of --nproc")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="flag-robustness-"))
     out_dir, cache = work / "runs", work / "cache"
     results: dict[str, dict] = {}
     print(f"{args.nproc} processes, debug model, {args.steps} steps, seq {args.seq_len}, batch {args.batch}, "
-          f"Byzantine rank {args.byzantine_rank}, seed {args.seed}", flush=True)
-    results["clean/mean"] = run_one(args, "clean-mean", AGGS["mean"], out_dir, cache)
+          f"Byzantine ranks {byzantine_ranks(args)}, seed {args.seed}", flush=True)
+    results["clean/mean"] = run_one(args, "clean-mean", agg_overrides(args, "mean"), out_dir, cache)
     for agg in args.aggs:
         if agg != "mean":
-            results[f"clean/{agg}"] = run_one(args, f"clean-{agg}", AGGS[agg], out_dir, cache)
+            results[f"clean/{agg}"] = run_one(args, f"clean-{agg}", agg_overrides(args, agg), out_dir, cache)
+    faults = [f"faults.byzantine_ranks=[{','.join(map(str, byzantine_ranks(args)))}]"]
     for attack in args.attacks:
-        faults = [f"faults.byzantine_ranks=[{args.byzantine_rank}]", f"faults.attack={attack}"]
         for agg in args.aggs:
-            results[f"{attack}/{agg}"] = run_one(args, f"{attack}-{agg}", [*AGGS[agg], *faults], out_dir, cache)
+            overrides = [*agg_overrides(args, agg), *faults, f"faults.attack={attack}"]
+            results[f"{attack}/{agg}"] = run_one(args, f"{attack}-{agg}", overrides, out_dir, cache)
 
     clean = results["clean/mean"]["val_loss"]
-    lines = loss_table(args, results, clean) + weight_table(args, results)
+    verdict = verdicts(args, results, clean)
+    lines = loss_table(args, results, clean) + verdict_lines(args, verdict) + weight_table(args, results)
     print("\n".join(lines))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    record = {"args": {**vars(args), "out": os.path.relpath(args.out, ROOT), "byzantine_ranks": byzantine_ranks(args)},
+              "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines}
     with open(args.out, "w") as f:
-        json.dump({"args": {**vars(args), "out": os.path.relpath(args.out, ROOT)}, "clean_val_loss": clean, "results": results, "table": lines}, f, indent=1)
+        json.dump(record, f, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -1,10 +1,13 @@
-"""Build any param x optim combination the way train.py does (Hydra config -> registries), for benchmarks.
+"""Build any param x optim combination the way train.py does (Hydra config -> registries), for benchmarks;
+start train.py as a user would (one process or torchrun) and run functions in gloo process groups.
 
 Strategies are looked up by name only; nothing here knows a method.
 """
 from __future__ import annotations
 
 import ctypes
+import os
+import socket
 import statistics
 import sys
 import time
@@ -121,3 +124,46 @@ def timed_round_robin(fns: dict[str, callable], repeats: int) -> dict[str, float
             fn()
             times[k].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --- processes ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
+    """train.py with these Hydra overrides: directly for one process, under torchrun for more."""
+    if nproc == 1:
+        return [sys.executable, str(ROOT / "train.py"), *overrides]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+            "--max-restarts=0", str(ROOT / "train.py"), *overrides]
+
+
+def train_env() -> dict:
+    """This process's environment for a train.py child: one thread, no process group of ours to join."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    for key in ("SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _gloo_worker(rank, world_size, port, fn, args):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+        dist.barrier()  # no rank tears gloo down while a peer is still using it
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int, *args) -> None:
+    """Run fn(rank, world_size, *args) in world_size gloo processes (fn must be importable)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True,
+                       start_method="spawn")

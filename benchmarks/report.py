@@ -123,20 +123,23 @@ def lines(table) -> str:
     return "\n".join(table) if isinstance(table, list) else str(table or "")
 
 
-def flag_section(cost, robust) -> str:
+def flag_section(cost, *robust) -> str:
+    """The aggregation cost and each robustness run (flag_robustness.json: p = 4; flag_robustness_p8.json: p = 8)."""
     out = []
     if cost is None:
         out.append(f"Aggregation cost: {NOT_MEASURED}.\n")
     else:
         out.append(f"Aggregation cost, p = 4 gloo processes (`python benchmarks/flag_cost.py`):\n\n```\n{lines(cost.get('table'))}\n```\n")
-    if robust is None:
+    if all(r is None for r in robust):
         out.append(f"Robustness: {NOT_MEASURED} (run `python benchmarks/flag_robustness.py`).\n")
-    else:
-        a = robust.get("args", {})
+    for r in filter(None, robust):
+        a = r.get("args", {})
         per_worker = a.get("batch", 0) // max(1, a.get("nproc", 1))
-        out.append(f"Robustness: {a.get('nproc')} processes, rank {a.get('byzantine_rank')} Byzantine, debug model, {a.get('steps')} steps, "
+        ranks = a.get("byzantine_ranks", [a.get("byzantine_rank")])
+        options = f"--nproc {a.get('nproc')} --byzantine {len(ranks)} " if a.get("nproc", 4) != 4 else ""
+        out.append(f"Robustness: {a.get('nproc')} processes, ranks {ranks} Byzantine, debug model, {a.get('steps')} steps, "
                    f"{per_worker} sequences of {a.get('seq_len')} tokens per worker and step "
-                   f"(`python benchmarks/flag_robustness.py --aggs {' '.join(a.get('aggs', []))}`):\n\n```\n{lines(robust.get('table'))}\n```\n")
+                   f"(`python benchmarks/flag_robustness.py {options}--aggs {' '.join(a.get('aggs', []))}`):\n\n```\n{lines(r.get('table'))}\n```\n")
     return "\n".join(out)
 
 
@@ -266,7 +269,7 @@ thousands of steps, GPUs, bf16) differs from our CPU runs, so compare ratios, no
 
 def write_report() -> Path:
     mem, speed, q, d = load("memory"), load("speed"), load("quality_suite"), load("dct_vs_galore")
-    cost, robust, gpu = load("flag_cost"), load("flag_robustness"), load("gpu")
+    cost, robust, gpu = load("flag_cost"), (load("flag_robustness"), load("flag_robustness_p8")), load("gpu")
     gpu_text = (f"GPU figures (350m and 1b in bf16, MFU of full-rank 1b, the largest model each strategy fits): {NOT_MEASURED}. "
                 "No GPU was available to the sessions that produced this report; `python benchmarks/gpu.py` measures "
                 "them on a CUDA machine and this section is then regenerated from benchmarks/results/gpu.json.\n"
@@ -300,7 +303,7 @@ Machine: {machine()}, 2 cores shared with other work (figures are medians and ra
 {dct_section(d)}
 ## Flag aggregation
 
-{flag_section(cost, robust)}
+{flag_section(cost, *robust)}
 ## GPU
 
 {gpu_text}

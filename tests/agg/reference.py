@@ -5,10 +5,13 @@ import torch
 
 
 def flag_svd(g: torch.Tensor, m: int = 0, lam: float = 0.0, iterations: int = 5, tol: float = 1e-10,
-             normalized: bool = False, seed: int = 0) -> torch.Tensor:
-    """Explicit IRLS on the n x p matrix of gradients g (columns = workers), with thin SVDs of n x q matrices."""
+             normalized: bool = True, seed: int = 0) -> torch.Tensor:
+    """Explicit IRLS on the n x p matrix of gradients g (columns = workers), with thin SVDs of n x q matrices.
+    Defaults as FlagConfig's: normalized, m = 0 meaning 1 (normalized) or ceil((p + 1) / 2) (raw)."""
     n, p = g.shape
-    m = min(p, m or math.ceil((p + 1) / 2))
+    if not m:
+        m = 1 if normalized else math.ceil((p + 1) / 2)
+    m = min(p, m)
     x = g / g.norm(dim=0)
     vectors, weights = [x[:, i] for i in range(p)], [1.0] * p
     if lam > 0:
