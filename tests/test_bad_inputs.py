@@ -93,7 +93,7 @@ def read_only_folder(path: Path):
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 # (id, overrides, what the error line must contain); {i} is the inputs folder, {t} the case's own tmp folder.
@@ -172,6 +172,8 @@ RUN_CASES = [
     ("resume_other_param", ["run.name=done", "param=sltrain"], ["param.name=full"]),
     ("resume_other_optim", ["run.name=done", "optim=dct_adamw"], ["optim.name=adamw"]),
     ("resume_other_model_vocab", ["run.name=done", "model.vocab_size=1000"], ["model.vocab_size=512"]),
+    ("resume_given_checkpoint_other_size", ["train.resume={t}/runs/done/checkpoints/step_0000002", "model.size=20m"],
+     ["model.size=debug", "step_0000002"]),
     ("resume_missing_checkpoint", ["train.resume={t}/nope"], ["train.resume", "nope"]),
     ("resume_not_a_checkpoint", ["train.resume={t}/runs/done"], ["train.resume", "done"]),
 ]

@@ -167,8 +167,10 @@ def documents(cfg: DataConfig) -> Iterator[str]:
     for path in files:
         if fmt == "text":
             yield from text_file_documents(path, cfg.text_documents)
+        elif fmt == "json":
+            yield from _texts(rows.json_rows(path), cfg.text_field)
         else:
-            yield from _texts(rows.json_rows(path) if fmt == "json" else rows.parquet_rows(path, cfg.text_field), cfg.text_field)
+            yield from _texts(rows.parquet_rows(path, cfg.text_field), cfg.text_field)
 
 
 def _hub_rows(cfg: DataConfig) -> Iterator[tuple[str, object]]:

@@ -214,7 +214,7 @@ def read_only(path):
     try:
         yield
     finally:
-        subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["umount", "--lazy", str(path)], check=False)  # lazy: a memmap may still hold a file open
 
 
 def test_a_prepared_cache_may_be_read_only_until_something_must_be_built(tmp_path):

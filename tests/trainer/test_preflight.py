@@ -42,7 +42,7 @@ def test_read_only_mount(tmp_path):
             preflight.check_writable(str(target / "cache"), "data.cache_dir")
     finally:
         if os.geteuid() == 0:
-            subprocess.run(["umount", str(target)], check=False)
+            subprocess.run(["umount", "--lazy", str(target)], check=False)
         else:
             target.chmod(0o755)
 
