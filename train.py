@@ -25,9 +25,9 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import DistEnv, read_dist_env
 from models import Llama, apply_activation_checkpointing, shape_for
-from trainer import checkpoint, cli, corpus, data, diskfull, engine as eng, lock, precision, rundir, runfiles
+from trainer import checkpoint, cli, corpus, data, diskfull, engine as eng, lock, precision, preflight, rundir, runfiles, signals
 from trainer.compile import maybe_compile
-from trainer.config import Config, check_world, resolve, run_name
+from trainer.config import Config, check_workers, check_world, resolve, run_name
 from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
 from trainer.registry import AGG, OPTIM, PARAM, config_name
@@ -56,33 +56,45 @@ def build_model(cfg: Config, vocab_size: int) -> Llama:
     return Llama(shape_for(cfg.model.size), cfg.model.vocab_size or vocab_size, cfg.model.max_seq_len, cfg.model.attn)
 
 
-def run(raw: DictConfig) -> int:
-    cfg = load_config(raw)
-    env = read_dist_env()
-    check_world(cfg, env.world_size)
+def check_inputs(cfg: Config, world_size: int) -> str:
+    """The checks that need no model and no data, before any file is written; returns the run directory."""
+    check_world(cfg, world_size)
+    check_workers(cfg, world_size)
     corpus.check_source(cfg.data)
     shape_for(cfg.model.size)
     checkpoint.check_resume_arg(cfg.train.resume)
     run_dir = os.path.join(cfg.run.out_dir, run_name(cfg))
     lock.check_free(run_dir)  # a run that holds the directory is named before its files are read
-    runfiles.check_resume(run_dir, cfg)  # before any file is written
+    runfiles.check_resume(run_dir, cfg)  # resumes with the checkpoint's tokenizer
+    preflight.check_folders(cfg, run_dir)
+    preflight.check_wandb(cfg.log)
+    return run_dir
+
+
+def run(raw: DictConfig) -> int:
+    cfg = load_config(raw)
+    env = read_dist_env()
+    run_dir = check_inputs(cfg, env.world_size)
     device = eng.pick_device(cfg, env)
     eng.set_threads(cfg.train.threads)
     eng.init_distributed(env, device)
     # One run per directory, from here to exit (also the exit-75 stop); a full disk anywhere is one line.
     with lock.hold(run_dir, env.is_main, eng.broadcast_object), diskfull.stops_the_run(run_dir, "training"):
         resume_from = rundir.claim(run_dir, cfg, env.rank, env.world_size)  # moves an earlier run aside
-        return build_and_fit(cfg, env, device, run_dir, resume_from)
+        # before the run directory is made: a bad corpus leaves it as it was (claim set a resumed run's tokenizer)
+        corpus_data = data.prepare(cfg.data, env.is_main, eng.barrier)
+        preflight.check_vocab(cfg, corpus_data.vocab_size)
+        return build_and_fit(cfg, env, device, run_dir, resume_from, corpus_data)
 
 
-def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str, resume_from: str | None) -> int:
+def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str, resume_from: str | None,
+                  corpus_data: data.Corpus) -> int:
     """Build everything and fit, in a run directory this process holds (`run`)."""
     os.makedirs(run_dir, exist_ok=True)
     resolved = write_resolved_config(cfg, run_dir) if env.is_main else {}
-
-    corpus_data = data.prepare(cfg.data, env.is_main, eng.barrier)
     if env.is_main:
         runfiles.keep_tokenizer(run_dir, corpus_data.tokenizer_path)
+        signals.clear_preempted(run_dir)
     model = build_model(cfg, corpus_data.vocab_size)
     ctx = BuildContext(model_size=cfg.model.size, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed,
                        zero_stage=cfg.train.zero_stage, total_steps=cfg.train.steps, device=device)
@@ -103,7 +115,11 @@ def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str,
     log.info(f"run {run_dir}: {cfg.model.size} model, param={config_name(cfg.param)} optim={config_name(cfg.optim)} "
              f"agg={config_name(cfg.agg)}, {env.world_size} process(es) on {device}, ZeRO-{cfg.train.zero_stage}")
     try:
-        return Trainer(cfg, engine, param_strategy, aggregator, corpus_data, env.rank, env.world_size, run_dir, log).fit(resume_from)
+        trainer = Trainer(cfg, engine, param_strategy, aggregator, corpus_data, env.rank, env.world_size, run_dir, log)
+        code = trainer.fit(resume_from)
+        if code == signals.EXIT_PREEMPTED:  # torchrun reports 75 as 1: say "resume me" in files too
+            signals.announce_preempted(run_dir, env.is_main, trainer.state.step)
+        return code
     finally:
         log.close()
         eng.destroy()

@@ -44,6 +44,17 @@ class RobustConfig:
         if self.bucket_numel < 1:
             raise ValueError("agg.bucket_numel: must be at least 1")
 
+    def min_workers(self) -> tuple[int, str]:
+        """The fewest workers this aggregator's math works with, and why (subclasses with more needs override)."""
+        return 2, "it combines several workers' gradients; one process has nothing to combine"
+
+    def check_world(self, world_size: int) -> None:
+        """At start-up (trainer.config.check_workers): refuse a world too small for the aggregate to mean anything."""
+        need, why = self.min_workers()
+        if world_size < need:
+            raise ValueError(f"agg={self.name} needs at least {need} workers ({why}), this run has {world_size}; "
+                             f"run {need} or more processes (torchrun --nproc_per_node={need}) or use agg=mean")
+
     def check(self, cfg) -> None:
         if cfg.train.zero_stage != 0:
             raise ValueError(f"agg={self.name} needs train.zero_stage=0 (ZeRO-1/2 reduce gradients inside backward, "

@@ -15,6 +15,9 @@ from trainer.registry import AGG
 class MedianConfig(RobustConfig):
     name: str = "median"
 
+    def min_workers(self) -> tuple[int, str]:
+        return 3, "the median of 1 or 2 values is their mean: no worker can be outvoted"
+
 
 @AGG.register("median", MedianConfig)
 class MedianAggregator(CoordinatewiseAggregator):

@@ -5,7 +5,8 @@
     agg = mean of the num_selected workers with the lowest scores (default q - f)
 
 q = workers without NaN/Inf (the others are dropped), f = num_byzantine. Krum's guarantee needs
-p >= 2f + 3; the computation only needs at least one neighbour. Stateless. Logged per worker: its
+p >= 2f + 3; the score needs at least one neighbour, so a run with p < f + 3 is refused at start-up
+(p is the world size; q can still fall below it when workers send NaN/Inf). Stateless. Logged per worker: its
 weight in the aggregate (1/num_selected or 0) and its score.
 """
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ class MultiKrumConfig(RobustConfig):
         super().__post_init__()
         if self.num_byzantine < 0 or self.num_selected < 0:
             raise ValueError("agg.num_byzantine and agg.num_selected: must be >= 0")
+
+    def min_workers(self) -> tuple[int, str]:
+        f, chosen = self.num_byzantine, self.num_selected
+        why = f"each worker's score sums its p - f - 2 nearest neighbours, f = agg.num_byzantine={f}"
+        if chosen > f + 3:
+            why = f"agg.num_selected={chosen} workers are averaged"
+        return max(f + 3, chosen), why
 
 
 def krum_coefficients(gram: torch.Tensor, good: torch.Tensor, num_byzantine: int, num_selected: int):

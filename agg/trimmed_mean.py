@@ -24,6 +24,10 @@ class TrimmedMeanConfig(RobustConfig):
         if self.num_trim < 0:
             raise ValueError("agg.num_trim: must be >= 0")
 
+    def min_workers(self) -> tuple[int, str]:
+        b = self.num_trim
+        return max(2, 2 * b + 1), f"agg.num_trim={b} drops {b} value(s) at each end of every coordinate and must keep one"
+
 
 @AGG.register("trimmed_mean", TrimmedMeanConfig)
 class TrimmedMeanAggregator(CoordinatewiseAggregator):

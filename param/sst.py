@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models import is_fake_or_meta, projection_modules
+from models import is_fake_or_meta, projection_modules, shape_for
 from trainer.registry import PARAM
 from trainer.strategy import BuildContext, EngineOps, ParamStrategy
 
@@ -60,6 +60,14 @@ class SSTConfig:
         for ok, path, message in checks:
             if not ok:
                 raise ValueError(f"{path}={getattr(self, path.split('.')[1])}: {message}")
+
+    def check(self, cfg) -> None:
+        """r columns of k = min(out, in) per layer: more than k cannot be sampled (SLTrain refuses its rank alike)."""
+        shape = shape_for(cfg.model.size)
+        k = min(shape.hidden, shape.intermediate)  # the smallest min(out, in) of the seven projections
+        if self.rank > k:
+            raise ValueError(f"param.rank={self.rank} is above the {k} singular vectors of model.size={cfg.model.size}'s "
+                             f"smallest layer; set param.rank to at most {k}")
 
 
 def spectral_weight(u_a, v_a, sigma, u_f, v_f, a_idx, f_idx, dtype=None) -> torch.Tensor:

@@ -25,7 +25,11 @@ PREEMPTED = 75  # the trainer's "stopped cleanly, resume me" exit code
 
 
 def print_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """From the main rank only: under torchrun every rank fails the same check."""
+    from launch.env import read_dist_env
+
+    if read_dist_env().is_main:
+        print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def _default_name(cls) -> str:

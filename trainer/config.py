@@ -32,6 +32,8 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.attn in ("auto", "sdpa"), "model.attn", f"{self.attn!r} is not one of auto, sdpa")
         _check(self.max_seq_len > 0, "model.max_seq_len", "must be positive")
+        _check(self.vocab_size is None or self.vocab_size > 0, f"model.vocab_size={self.vocab_size}",
+               "must be positive (or null: the tokenizer's size)")
 
 
 @dataclass
@@ -96,9 +98,14 @@ class TrainConfig:
     """Cosine decays to this fraction of the peak learning rate."""
     seed: int = 0
     eval_every: int = 100
+    """Evaluate every this many steps, and at the last step (> 0; to evaluate only at the end, set it to steps)."""
     eval_batches: int = 8
+    """Micro-batches per rank in each evaluation (0: no evaluation)."""
     log_every: int = 10
+    """Print a progress line every this many steps (> 0; the metrics file gets every step regardless)."""
     save_every: int = 100
+    """Save a checkpoint every this many steps, and at the end or on a stop request (> 0; to save only then,
+    set it to steps)."""
     keep_last: int = 2
     """Checkpoints kept on disk (the newest)."""
     resume: str = "auto"
@@ -133,12 +140,29 @@ class TrainConfig:
         _check(self.activation_checkpointing in ("none", "full", "selective"), "train.activation_checkpointing",
                f"{self.activation_checkpointing!r} is not none, full or selective")
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", f"{self.device!r} is not auto, cpu or cuda")
-        _check(self.micro_batch_size > 0 and self.global_batch_size > 0, "train.global_batch_size", "batch sizes must be positive")
+        _check(self.micro_batch_size > 0, f"train.micro_batch_size={self.micro_batch_size}", "must be positive")
+        _check(self.global_batch_size > 0, f"train.global_batch_size={self.global_batch_size}", "must be positive")
         _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
         _check(self.keep_last >= 1, "train.keep_last", "must be at least 1")
         _check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0: look the GPU up)")
         _check(self.verify_checkpoint in ("full", "sizes", "off"), "train.verify_checkpoint",
                f"{self.verify_checkpoint!r} is not full, sizes or off")
+        self._check_counts()
+
+    def _check_counts(self) -> None:
+        # 0 is no "off" switch for these: each is a period (step % every), and `steps` already means "only at the end"
+        for key in ("save_every", "eval_every", "log_every"):
+            value = getattr(self, key)
+            _check(value > 0, f"train.{key}={value}", "must be a positive number of steps (to do it only at the end, "
+                   "set it to train.steps)")
+        _check(self.eval_batches >= 0, f"train.eval_batches={self.eval_batches}", "must be >= 0 (0: no evaluation)")
+        _check(self.stop_at >= 0, f"train.stop_at={self.stop_at}", "must be >= 0 (the step to stop after; 0: never)")
+        _check(self.stop_at <= self.steps, f"train.stop_at={self.stop_at}",
+               f"is past train.steps={self.steps}, so it would never stop the run; set it to at most train.steps (0: never)")
+        _check(self.max_time >= 0, f"train.max_time={self.max_time}", "must be >= 0 (seconds; 0: no limit)")
+        _check(self.threads >= 0, f"train.threads={self.threads}", "must be >= 0 (0: torch's default)")
+        _check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}", "must be >= 0 (0: off)")
+        _check(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio}", "must be in [0, 1]")
 
 
 @dataclass
@@ -220,6 +244,15 @@ def resolve(cfg: Config) -> Config:
         if check is not None:
             check(cfg)
     return cfg
+
+
+def check_workers(cfg: Config, world_size: int) -> None:
+    """Each strategy's `check_world(world_size)`, where it has one: e.g. an aggregator whose math needs more
+    workers than the run has (train.py, before any work; the memory estimator models one process and skips it)."""
+    for node in (cfg.param, cfg.optim, cfg.agg):
+        check = getattr(node, "check_world", None)
+        if check is not None:
+            check(world_size)
 
 
 def check_world(cfg: Config, world_size: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import glob
 import hashlib
+import itertools
 import os
 import re
 import sys
@@ -15,10 +16,12 @@ import sysconfig
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from trainer import rows
 from trainer.config import DataConfig
 
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 BUILTIN_MAX_CHARS = 6_000_000
+SNIFF_BYTES = 1 << 16  # how much of each local file check_contents reads
 
 
 def builtin_documents() -> Iterator[str]:
@@ -43,14 +46,32 @@ def builtin_documents() -> Iterator[str]:
                         return
 
 
+def _kinds() -> str:
+    return "/".join(sorted(LOCAL_FORMATS))
+
+
+def _folder_files(source: str, path: str) -> list[str]:
+    found = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    files = [str(p) for p in found if p.suffix in LOCAL_FORMATS]
+    if not files:
+        held = f"it holds {len(found)} other file(s), e.g. {found[0].name}" if found else "it is empty"
+        raise ValueError(f"data.source={source!r} is a folder with no {_kinds()} file in it ({held}); "
+                         f"point data.source at a folder or file of text")
+    return files
+
+
 def local_files(source: str) -> list[str]:
     """The files a local source names (a file, a glob or a folder), or a one-line error."""
     path = os.path.expanduser(source)
     if os.path.isdir(path):
-        files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix in LOCAL_FORMATS and p.is_file())
+        files = _folder_files(source, path)
+    elif any(c in path for c in "*?["):
+        files = sorted(glob.glob(path))
+        if not files:
+            raise ValueError(f"data.source={source!r} matches no file; check the pattern, or give a {_kinds()} path")
+    elif os.path.exists(path):
+        files = [path]
     else:
-        files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else ([path] if os.path.exists(path) else [])
-    if not files:
         raise ValueError(f"data.source={source!r}: no such file or folder; give a .txt/.jsonl/.parquet path, 'builtin', or a hub dataset name")
     formats = {LOCAL_FORMATS.get(Path(f).suffix) for f in files}
     if None in formats or len(formats) > 1:
@@ -58,6 +79,23 @@ def local_files(source: str) -> list[str]:
     if all(os.path.getsize(f) == 0 for f in files):
         raise ValueError(f"data.source={source!r} is empty; point data.source at a file with text in it")
     return files
+
+
+def check_contents(files: list[str], text_field: str) -> None:
+    """Cheap looks at each file (its first bytes, a jsonl's first rows) so that a binary or malformed file is named
+    before any work; a bad row further in is named when it is read (documents())."""
+    for path in files:
+        fmt = LOCAL_FORMATS[Path(path).suffix]
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+        if fmt == "parquet":
+            rows.check_parquet(path, text_field)
+        elif b"\0" in head:  # no text or JSON file holds a NUL byte; UTF-16 and binaries do
+            raise ValueError(f"data.source: {path} looks binary (a NUL byte at offset {head.index(0)}), not UTF-8 text; "
+                             f"remove it from data.source or convert it to UTF-8")
+        elif fmt == "json" and not rows.is_array(path):  # an array is parsed whole: left to the first read
+            for where, row in itertools.islice(rows.json_rows(path), 100):
+                rows.row_text(row, text_field, where)
 
 
 def paragraphs(lines: Iterable[str]) -> Iterator[str]:
@@ -116,29 +154,36 @@ def fingerprint(cfg: DataConfig) -> str:
 
 
 def documents(cfg: DataConfig) -> Iterator[str]:
-    """builtin: one docstring each; .txt: see text_file_documents; jsonl / parquet / hub: one row each."""
+    """builtin: one docstring each; .txt: see text_file_documents; jsonl / json / parquet / hub: one row each.
+    A row whose data.text_field is missing or not text stops with its file and line (or hub row) named."""
     if cfg.source == "builtin":
         yield from builtin_documents()
         return
-    if is_local(cfg.source):
-        files = local_files(cfg.source)
-        fmt = LOCAL_FORMATS[Path(files[0]).suffix]
-        if fmt == "text":  # read directly: plain text needs no `datasets` (nor its import time)
-            for path in files:
-                yield from text_file_documents(path, cfg.text_documents)
-            return
+    if not is_local(cfg.source):
+        yield from _texts(_hub_rows(cfg), cfg.text_field)
+        return
+    files = local_files(cfg.source)
+    fmt = LOCAL_FORMATS[Path(files[0]).suffix]
+    for path in files:
+        if fmt == "text":
+            yield from text_file_documents(path, cfg.text_documents)
+        elif fmt == "json":
+            yield from _texts(rows.json_rows(path), cfg.text_field)
+        else:
+            yield from _texts(rows.parquet_rows(path, cfg.text_field), cfg.text_field)
+
+
+def _hub_rows(cfg: DataConfig) -> Iterator[tuple[str, object]]:
     import datasets
 
-    if is_local(cfg.source):
-        ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=True)
-        field = cfg.text_field
-    else:
-        ds = datasets.load_dataset(cfg.source, cfg.hub_config, split="train", streaming=cfg.streaming)
-        field = cfg.text_field
-    for row in ds:
-        if field not in row:
-            raise ValueError(f"data.text_field={field!r} is not a column of {cfg.source}; columns: {', '.join(row)}")
-        text = row[field]
+    ds = datasets.load_dataset(cfg.source, cfg.hub_config, split="train", streaming=cfg.streaming)
+    for number, row in enumerate(ds, 1):
+        yield f"{cfg.source} row {number}", row
+
+
+def _texts(located_rows: Iterable[tuple[str, object]], field: str) -> Iterator[str]:
+    for where, row in located_rows:
+        text = rows.row_text(row, field, where)
         if text and text.strip():
             yield text
 
@@ -160,7 +205,7 @@ def check_hub(cfg: DataConfig) -> None:
 def check_source(cfg: DataConfig) -> None:
     """Fail fast, before any expensive work, on a source that cannot work."""
     if cfg.source != "builtin" and is_local(cfg.source):
-        local_files(cfg.source)
+        check_contents(local_files(cfg.source), cfg.text_field)
     elif cfg.source != "builtin":
         check_hub(cfg)
     if cfg.tokenizer and not os.path.isfile(os.path.expanduser(cfg.tokenizer)):

@@ -10,9 +10,11 @@ the data position is just the number of optimizer steps taken.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -21,17 +23,20 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from trainer import corpus, stream, tokenizing
+from trainer import corpus, preflight, stream, tokenizing
 from trainer.config import DataConfig
 
 WAIT_REPORT_S = 30.0
+MIN_VOCAB = 260  # DataConfig's floor: 256 byte pieces, unk, bos, eos and more
 WAIT_HINT = ("; if the ranks run on several machines, data.cache_dir must be on a filesystem they share, "
              "or run `python -m trainer.prepare` with the same data settings on each machine first")
 
 
 def _cache_dir(cfg: DataConfig) -> str:
     path = os.path.expanduser(cfg.cache_dir)
-    os.makedirs(path, exist_ok=True)
+    if not os.path.isdir(path):
+        preflight.check_writable(cfg.cache_dir, "data.cache_dir")  # one line naming the key, not an OSError
+        os.makedirs(path, exist_ok=True)
     return path
 
 
@@ -47,11 +52,16 @@ def train_tokenizer(cfg: DataConfig, path: str) -> None:
     """BPE with LLaMA's conventions: no normalization (identity), whitespace kept as it is (code indentation,
     double spaces), digits split, unknown characters as UTF-8 bytes, so decode(encode(text)) == text.
     Trained on lines (a newline is encoded through its byte piece, as in LLaMA)."""
+    failed: list[ValueError] = []  # a bad row, kept here: sentencepiece would wrap it into its own RuntimeError
+
     def sentences():
-        for doc in corpus.documents(cfg):
-            for line in doc.splitlines():
-                if line.strip():
-                    yield line[:4000]
+        try:
+            for doc in corpus.documents(cfg):
+                for line in doc.splitlines():
+                    if line.strip():
+                        yield line[:4000]
+        except ValueError as e:
+            failed.append(e)
 
     prefix = tokenizing.temp_path(path)
     try:
@@ -62,14 +72,27 @@ def train_tokenizer(cfg: DataConfig, path: str) -> None:
             split_digits=True, allow_whitespace_only_pieces=True,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
         )
+        if failed:
+            raise failed[0]
         os.replace(prefix + ".model", path)
-    except RuntimeError as e:  # e.g. more distinct characters than the vocabulary has room for
-        raise ValueError(f"data.vocab_size={cfg.vocab_size}: sentencepiece cannot train on {cfg.source} "
-                         f"({str(e).splitlines()[0][-160:]}); raise data.vocab_size") from None
+    except RuntimeError as e:
+        raise failed[0] if failed else _training_error(cfg, str(e)) from None
     finally:
         for leftover in (prefix, prefix + ".model", prefix + ".vocab"):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+def _training_error(cfg: DataConfig, message: str) -> ValueError:
+    """sentencepiece's reason as one line naming data.vocab_size and what to change."""
+    too_high = re.search(r"Vocabulary size too high .*<= (\d+)", message)
+    if too_high:
+        most = int(too_high.group(1))
+        fix = f"set data.vocab_size<={most} or use more text" if most >= MIN_VOCAB else "use more text"
+        return ValueError(f"data.vocab_size={cfg.vocab_size}: data.source={cfg.source!r} is too small for it (its text "
+                          f"makes at most {most} pieces); {fix}")
+    return ValueError(f"data.vocab_size={cfg.vocab_size}: sentencepiece cannot train on {cfg.source} "
+                      f"({message.splitlines()[0][-160:]}); change data.vocab_size or data.source")
 
 
 def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
@@ -104,8 +127,9 @@ def _build_or_wait(is_main: bool, done: str, what: str, build) -> None:
         try:
             build()
         except Exception as e:
-            with open(done + ".failed", "w") as f:
-                f.write(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            with contextlib.suppress(OSError):  # an unwritable cache: the main rank's own error says so
+                with open(done + ".failed", "w") as f:
+                    f.write(str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise
         if os.path.exists(done + ".failed"):
             os.remove(done + ".failed")
@@ -172,6 +196,7 @@ def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus | stream.StreamCo
         tokenizing.remove_stale_temps(_cache_dir(cfg))
 
     def train():
+        preflight.check_writable(cfg.cache_dir, "data.cache_dir")  # only now: a prepared cache may be read-only
         print(f"data: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source} (cached for later runs)", flush=True)
         train_tokenizer(cfg, tok_path)
 
@@ -182,6 +207,7 @@ def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus | stream.StreamCo
         return stream.open_stream(cfg, tok_path, tokens_path.removesuffix(".bin"), sp.vocab_size(), is_main)
 
     def tokenize():
+        preflight.check_writable(cfg.cache_dir, "data.cache_dir")
         print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs; "
               f"`python -m trainer.prepare` does this ahead of training)", flush=True)
         tokenize_corpus(cfg, tok_path, tokens_path)

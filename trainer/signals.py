@@ -4,8 +4,11 @@ torchrun forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to its workers, and Slurm can se
 every process of a job step, so those set a flag; the loop agrees on it across ranks at a step
 boundary, saves a checkpoint and exits with EXIT_PREEMPTED, which the Slurm script takes as
 "requeue me". torchrun reports any failed worker as exit code 1, so the code alone does not reach
-the script: where SLIMTRAIN_STOP_MARKER names a file, a process that stopped early also writes
-its reason there (slurm/train.sbatch sets it and requeues when the file appears).
+the script. Two files say it instead (announce_preempted):
+- runs/NAME/REQUEUE, written by rank 0 when the run stops early with a checkpoint (the step, and that
+  the same command resumes it) and removed when the run starts again: for a user or any job script;
+- where SLIMTRAIN_STOP_MARKER names a file, every process that stopped early appends to it
+  (slurm/train.sbatch sets it, since it cannot know the run directory, and requeues when it appears).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import time
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again to continue
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
 STOP_MARKER_ENV = "SLIMTRAIN_STOP_MARKER"
+REQUEUE_FILE = "REQUEUE"  # in the run directory: present while the run waits to be resumed
 
 
 class StopRequest:
@@ -56,3 +60,20 @@ def write_stop_marker(reason: str, environ: dict[str, str] | None = None) -> Non
             f.write(f"{reason} pid={os.getpid()}\n")
     except OSError:
         pass  # the exit code still says it; never fail a clean stop over a marker
+
+
+def announce_preempted(run_dir: str, is_main: bool, step: int) -> None:
+    """This process exits EXIT_PREEMPTED after saving at `step`: say so where torchrun's exit code 1 cannot."""
+    write_stop_marker(f"exit {EXIT_PREEMPTED} step={step}")
+    if is_main:
+        with open(os.path.join(run_dir, REQUEUE_FILE), "w") as f:
+            f.write(f"stopped early at step {step} with a checkpoint (exit code {EXIT_PREEMPTED}); "
+                    f"run the same command again to resume\n")
+
+
+def clear_preempted(run_dir: str) -> None:
+    """Main rank, at start: the run is going again, so an earlier REQUEUE no longer holds."""
+    try:
+        os.remove(os.path.join(run_dir, REQUEUE_FILE))
+    except FileNotFoundError:
+        pass

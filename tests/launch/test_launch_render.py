@@ -87,6 +87,7 @@ case "$(basename "$0") $1 $2" in
     [ "$SRUN_BEHAVIOUR" = stop ] && echo "SIGUSR1 pid=1" > "$SLIMTRAIN_STOP_MARKER"
     [ "$SRUN_BEHAVIOUR" = crash ] && exit 1
     [ "$SRUN_BEHAVIOUR" = stop ] && exit 1
+    [ "$SRUN_BEHAVIOUR" = exit75 ] && exit 75
     exit 0 ;;
 esac
 exit 0
@@ -135,6 +136,12 @@ def test_stop_marker_requeues(tmp_path):
     rc, calls, out = run_script(tmp_path, "stop")
     assert rc == 0 and "scontrol requeue 4242" in calls, out
     assert not list(tmp_path.glob(".slimtrain-stop-*"))  # cleaned up for the next run
+
+
+def test_exit_code_never_decides_a_requeue(tmp_path):
+    """torchrun turns 75 into 1, so the script reads the marker file only: 75 alone (no marker) is not a stop."""
+    rc, calls, out = run_script(tmp_path, "exit75")
+    assert rc == 75 and not any(c.startswith("scontrol requeue") for c in calls), out
 
 
 def test_crash_does_not_requeue(tmp_path):

@@ -1,4 +1,4 @@
-"""StopRequest: signals and max_time set a stop reason; a stop tells the launcher through the marker file."""
+"""StopRequest: signals and max_time set a stop reason; a stop (exit 75) is announced in files torchrun cannot hide."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from trainer.signals import STOP_MARKER_ENV, StopRequest
+from tests.helpers import run_train
+from trainer.signals import (EXIT_PREEMPTED, REQUEUE_FILE, STOP_MARKER_ENV, StopRequest, announce_preempted,
+                             clear_preempted)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP])
@@ -48,3 +50,33 @@ def test_second_ctrl_c_interrupts():
     with pytest.raises(KeyboardInterrupt), StopRequest():
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_stop_is_announced_in_files(tmp_path, monkeypatch):
+    """Exit code 75 does not get through torchrun, so the run directory (rank 0) and the launcher's marker say it."""
+    marker = tmp_path / "stop"
+    monkeypatch.setenv(STOP_MARKER_ENV, str(marker))
+    announce_preempted(str(tmp_path), is_main=False, step=7)
+    assert not (tmp_path / REQUEUE_FILE).exists() and marker.read_text().startswith(f"exit {EXIT_PREEMPTED} step=7")
+    announce_preempted(str(tmp_path), is_main=True, step=7)
+    assert "stopped early at step 7" in (tmp_path / REQUEUE_FILE).read_text()
+    clear_preempted(str(tmp_path))
+    clear_preempted(str(tmp_path))  # nothing to clear: fine
+    assert not (tmp_path / REQUEUE_FILE).exists()
+
+
+@pytest.mark.slow
+def test_under_torchrun_resume_me_is_a_file_and_errors_are_one_line(tmp_path, monkeypatch):
+    marker = tmp_path / "stop"
+    monkeypatch.setenv(STOP_MARKER_ENV, str(marker))
+    run_dir = tmp_path / "runs" / "run"
+    bad = run_train(tmp_path, ["train.steps=4", "train.save_every=0"], nproc=2, check=False)
+    assert bad.returncode != 0 and not run_dir.exists()
+    assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
+        "error: train.save_every=0: must be a positive number of steps (to do it only at the end, set it to train.steps)"]
+    stopped = run_train(tmp_path, ["train.steps=4", "train.stop_at=2"], nproc=2, check=False)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]  # torchrun's code for any failed worker, 75 included
+    assert (run_dir / REQUEUE_FILE).read_text().startswith("stopped early at step 2")
+    assert marker.read_text().count(f"exit {EXIT_PREEMPTED} step=2") == 2  # each process
+    run_train(tmp_path, ["train.steps=4"], nproc=2)
+    assert not (run_dir / REQUEUE_FILE).exists()

@@ -226,6 +226,25 @@ def test_bad_config_is_one_line():
         SSTConfig(rank=0)
 
 
+@pytest.mark.parametrize("size", ["debug", "20m"])
+def test_rank_above_the_layers_is_refused_like_sltrain(size):
+    """k = min(out, in) singular vectors per layer; r = k (every column trains) is the most, as sltrain refuses r >= hidden."""
+    import train
+
+    from tests.helpers import compose
+
+    k = min(shape_for(size).hidden, shape_for(size).intermediate)
+    cfg = train.load_config(compose(["param=sst", f"param.rank={k}", f"model.size={size}"]))
+    if size == "debug":  # r = k builds: every column active, none frozen
+        model = Llama(shape_for(size), vocab_size=32, max_seq_len=16)
+        SST(cfg.param, BuildContext(model_size=size)).convert(model)
+        layers = [m for m in model.modules() if isinstance(m, SpectralLinear)]
+        assert layers and all(m.active_idx.numel() == k and m.frozen_idx.numel() == 0 for m in layers)
+    with pytest.raises(ValueError, match=rf"^param.rank={k + 1} is above the {k} singular vectors of model.size={size}'s "
+                                         rf"smallest layer; set param.rank to at most {k}$"):
+        train.load_config(compose(["param=sst", f"param.rank={k + 1}", f"model.size={size}"]))
+
+
 def test_yaml_composes_to_the_dataclass_defaults():
     import train
 

@@ -78,6 +78,30 @@ def test_bad_gpu_path_values(tmp_path, override, message):
         run_in_process(tmp_path, [override])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["train.save_every=0"], r"^train.save_every=0: must be a positive number of steps \(to do it only at the end, set it to train.steps\)$"),
+    (["train.eval_every=0"], r"^train.eval_every=0: must be a positive"),
+    (["train.log_every=-1"], r"^train.log_every=-1: must be a positive"),
+    (["train.stop_at=-3"], r"^train.stop_at=-3: must be >= 0"),
+    (["train.steps=10", "train.stop_at=11"], r"^train.stop_at=11: is past train.steps=10, so it would never stop the run"),
+    (["train.eval_batches=-1"], r"^train.eval_batches=-1: must be >= 0 \(0: no evaluation\)"),
+    (["train.max_time=-5"], r"^train.max_time=-5.0: must be >= 0"),
+    (["train.threads=-1"], r"^train.threads=-1: must be >= 0"),
+    (["train.grad_clip=-1"], r"^train.grad_clip=-1.0: must be >= 0"),
+    (["train.min_lr_ratio=2"], r"^train.min_lr_ratio=2.0: must be in \[0, 1\]"),
+    (["train.micro_batch_size=0"], r"^train.micro_batch_size=0: must be positive"),
+    (["model.vocab_size=0"], r"^model.vocab_size=0: must be positive"),
+])
+def test_counts_that_would_divide_by_zero_or_never_happen(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.load_config(compose(overrides))
+
+
+def test_stop_at_the_last_step_and_eval_batches_zero_are_fine():
+    cfg = train.load_config(compose(["train.steps=6", "train.stop_at=6", "train.eval_batches=0"]))
+    assert cfg.train.stop_at == 6 and cfg.train.eval_batches == 0
+
+
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     args = [f"run.out_dir={tmp_path}", "train.global_batch_size=10", "train.micro_batch_size=4"]
     proc = subprocess.run(train_command(args), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)

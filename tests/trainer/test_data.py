@@ -1,5 +1,8 @@
-"""Data pipeline: local sources through HF datasets, packing with EOS, the cache, disjoint per-rank batches."""
+"""Data pipeline: local sources, packing with EOS, the cache, disjoint per-rank batches; data errors in one line."""
+import contextlib
 import json
+import os
+import subprocess
 import time
 
 import numpy as np
@@ -170,3 +173,56 @@ def test_waiting_ranks_show_the_main_ranks_progress_and_its_failure(tmp_path, mo
     threading.Timer(0.2, lambda: (tmp_path / "other.bin.json.failed").write_text("data.source='x' contains no text")).start()
     with pytest.raises(ValueError, match="the main rank failed to tokenize the corpus: data.source='x' contains no text"):
         data.wait_for(str(late), "tokenize the corpus", poll_s=0.02, log=lambda *a, **k: None)
+
+
+def test_a_corpus_too_small_for_the_vocabulary_names_data_vocab_size(tmp_path):
+    (tmp_path / "tiny.txt").write_text("hello you\n")
+    cfg = DataConfig(source=str(tmp_path / "tiny.txt"), vocab_size=512, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"^data.vocab_size=512: data.source=.*tiny.txt' is too small for it \(its text makes "
+                                         r"at most (\d+) pieces\); set data.vocab_size<=\1 or use more text$"):
+        data.prepare(cfg, True, lambda: None)
+    assert not list((tmp_path / "cache").glob("tokenizer-*.model"))  # nothing cached
+
+
+def test_a_bad_row_met_while_training_the_tokenizer_is_named(tmp_path):
+    """sentencepiece reads the rows through a callback; the row's own error comes out, not sentencepiece's."""
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in DOCS[:150]) + '\n{"text": {"nested": 1}}\n')
+    with pytest.raises(ValueError, match=r"^data.text_field='text' of .*c.jsonl line 151 holds \{'nested': 1\} \(type dict\)"):
+        data.prepare(cfg_for(tmp_path, path), True, lambda: None)
+    assert not list((tmp_path / "cache").glob("tokenizer-*.model"))
+
+
+def test_an_unwritable_cache_dir_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    cfg = cfg_for(tmp_path, write_source(tmp_path, "txt"))
+    cfg.cache_dir = str(tmp_path / "a_file" / "cache")
+    with pytest.raises(ValueError, match=r"^data.cache_dir=.*a_file/cache': .*a_file is a file, not a folder"):
+        data.prepare(cfg, True, lambda: None)
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """`path` read-only: a read-only bind mount as root (permission bits do not stop root), else chmod."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield
+        path.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], capture_output=True).returncode:
+        pytest.skip("root without permission to mount: no folder here is read-only to us")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)  # lazy: a memmap may still hold a file open
+
+
+def test_a_prepared_cache_may_be_read_only_until_something_must_be_built(tmp_path):
+    cfg = cfg_for(tmp_path, write_source(tmp_path, "txt"))
+    first = data.prepare(cfg, True, lambda: None)
+    with read_only(tmp_path / "cache"):
+        again = data.prepare(cfg, True, lambda: None)  # everything is there: only reads
+        assert np.array_equal(np.asarray(first.tokens), np.asarray(again.tokens))
+        cfg.seq_len = 32  # another token cache entry: it must be written, and cannot be
+        with pytest.raises(ValueError, match=r"^data.cache_dir=.*: cannot create folders in .*cache \("):
+            data.prepare(cfg, True, lambda: None)
