@@ -1,13 +1,17 @@
 """Corpus preparation speed: `python -m trainer.prepare`'s parallel tokenization vs the single-process path
 it replaced, on the same text file, measured back to back in one run (the tokenizer is trained once, timed apart).
 
-    python benchmarks/prepare_speed.py [--mb 200] [--repeats 1] [--workers 0]
+    python benchmarks/prepare_speed.py [--mb 200] [--repeats 1] [--workers 0] [--text FILE]
 
-The text is ../shared/data's corpora repeated to --mb megabytes. Each round first measures how many cores
-the workers actually get (a pure-Python burn in 1 vs N processes): on a shared machine the ratio below is
-only as good as that number. Baselines: `serial_lines` is the former
+The text is ../shared/data's corpora repeated to --mb megabytes, or --text FILE (results then go next to the
+caches, not into benchmarks/results): prepare encodes each distinct word once per worker
+(trainer/word_encode.py), which a repeated text flatters, so measure text that does not repeat too. Each
+run's CPU microseconds per token say what a core does, whatever the load. Each round first measures how many
+cores the workers actually get (a pure-Python burn in 1 vs N processes): on a shared machine the ratio below
+is only as good as that number. Baselines: `serial_lines` is the former
 path verbatim (HF datasets' text builder, one document per line, sentencepiece's own threads, one array per
 document); `serial_paragraphs` is the same loop over the documents the project now makes (paragraphs).
+prepare's tokens are checked equal to `serial_paragraphs`' (sentencepiece's ids, document by document).
 Writes benchmarks/results/prepare_speed.json.
 """
 from __future__ import annotations
@@ -87,6 +91,14 @@ def free_cores(workers: int) -> float:
     return workers * one / (time.perf_counter() - start)
 
 
+def same_tokens(workdir: Path, names) -> None:
+    """The files hold the same tokens (prepare's are sentencepiece's own, not merely as many)."""
+    first = np.fromfile(workdir / names[0], dtype=np.uint16)
+    for name in names[1:]:
+        if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
+            raise SystemExit(f"{name} differs from {names[0]}: prepare's tokens are not sentencepiece's")
+
+
 def timed(fn) -> tuple[int, float, float]:
     start, cpu = time.perf_counter(), cpu_seconds()
     n = fn()
@@ -99,10 +111,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="prepare's processes (0: one per core)")
     parser.add_argument("--dir", default=None, help="where the text and caches go (default: a temporary folder)")
+    parser.add_argument("--text", default=None, help="a text file to use instead of the repeated corpus")
     args = parser.parse_args(argv)
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="prepare-speed-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    text = workdir / f"corpus-{args.mb}mb.txt"
+    text = Path(args.text) if args.text else workdir / f"corpus-{args.mb}mb.txt"
     if not text.exists():
         build_text(text, args.mb)
     cfg = DataConfig(source=str(text), cache_dir=str(workdir / "cache"), num_workers=args.workers)
@@ -122,22 +135,27 @@ def main(argv=None) -> None:
                          ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1))):
             load = os.getloadavg()[0]
             n, seconds, cpu = timed(fn)
-            runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "cpu_s": cpu, "load_before": load})
+            runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "cpu_s": cpu,
+                               "cpu_us_per_token": cpu / n * 1e6, "load_before": load})
             print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
-                  f"(load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+                  f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+        same_tokens(workdir, ("b.bin", "c.bin", "d.bin"))
     best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
+    cpu_per_token = {k: min(r["cpu_us_per_token"] for r in v) for k, v in runs.items() if k != "free_cores"}
     rounds = [runs["prepare"][i]["tokens_per_s"] / runs["serial_lines"][i]["tokens_per_s"] for i in range(args.repeats)]
     result = {"megabytes": text.stat().st_size / 1e6, "cpu_count": os.cpu_count(), "workers": workers,
               "tokenizer_training_s": tokenizer_s, "runs": runs, "best_tokens_per_s": best,
+              "best_cpu_us_per_token": cpu_per_token,
               "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
               "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
               "speedup_vs_serial_lines_per_round": rounds, "load_average_after": os.getloadavg()[0]}
-    out = ROOT / "benchmarks" / "results" / "prepare_speed.json"
+    out = workdir / "prepare_speed.json" if args.text else ROOT / "benchmarks" / "results" / "prepare_speed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"tokenizer training {tokenizer_s:.1f} s; prepare is "
           f"{result['speedup_vs_serial_lines']:.2f}x the former path, {result['speedup_vs_serial_paragraphs']:.2f}x "
-          f"its loop on paragraphs; {out}")
+          f"its loop on paragraphs; CPU us/token: prepare {cpu_per_token['prepare']:.3f}, former "
+          f"{cpu_per_token['serial_lines']:.3f}; {out}")
 
 
 if __name__ == "__main__":

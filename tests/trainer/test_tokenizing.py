@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from trainer import corpus, tokenizing
+from trainer import corpus, data, tokenizing
 from trainer.config import DataConfig
 
 PARAGRAPHS = ["First paragraph,\nwith two lines.", "def f(x):\n    return  x  # code\n\treturn None",
@@ -32,6 +32,15 @@ def sp_path(tmp_path_factory):
     (d / "train.txt").write_text("\n".join(PARAGRAPHS * 20))
     spm.SentencePieceTrainer.train(input=str(d / "train.txt"), model_prefix=str(d / "m"), vocab_size=400, model_type="bpe",
                                    byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    return str(d / "m.model")
+
+
+@pytest.fixture(scope="module")
+def project_sp_path(tmp_path_factory):
+    """The project's own tokenizer settings: encoded a word at a time (trainer/word_encode.py)."""
+    d = tmp_path_factory.mktemp("project_sp")
+    (d / "train.txt").write_text("\n\n".join(PARAGRAPHS * 20))
+    data.train_tokenizer(DataConfig(source=str(d / "train.txt"), vocab_size=400, cache_dir=str(d)), str(d / "m.model"))
     return str(d / "m.model")
 
 
@@ -67,15 +76,21 @@ def test_ranges_cover_the_file_and_end_after_blank_lines(tmp_path):
         assert end == start and tokenizing.BLANK_LINE.search(data[:end][-16:]) and data[:end].endswith(b"\n")
 
 
+@pytest.mark.parametrize("model", ["sp_path", "project_sp_path"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_text_ranges_give_the_reference_tokens(tmp_path, sp_path, monkeypatch, workers):
+def test_text_ranges_give_the_reference_tokens(tmp_path, request, monkeypatch, workers, model):
+    sp_path = request.getfixturevalue(model)
     monkeypatch.setattr(tokenizing, "RANGE_BYTES", 257)  # many ranges, cut at arbitrary paragraphs
     cfg = DataConfig(source=text_corpus(tmp_path), cache_dir=str(tmp_path))
     assert np.array_equal(tokenize(cfg, sp_path, tmp_path, workers), reference(cfg, sp_path))
+    if workers == 1:  # the word path was taken for the project's model, and kept (its tripwire never fired)
+        assert (tokenizing._worker["encoder"].words_sp is not None) == (model == "project_sp_path")
 
 
+@pytest.mark.parametrize("model", ["sp_path", "project_sp_path"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_document_batches_give_the_reference_tokens(tmp_path, sp_path, monkeypatch, workers):
+def test_document_batches_give_the_reference_tokens(tmp_path, request, monkeypatch, workers, model):
+    sp_path = request.getfixturevalue(model)
     import json
 
     monkeypatch.setattr(tokenizing, "BATCH_CHARS", 500)
