@@ -64,9 +64,9 @@ def check_inputs(cfg: Config, world_size: int) -> str:
     shape_for(cfg.model.size)
     checkpoint.check_resume_arg(cfg.train.resume)
     run_dir = os.path.join(cfg.run.out_dir, run_name(cfg))
+    preflight.check_folders(cfg, run_dir)
     lock.check_free(run_dir)  # a run that holds the directory is named before its files are read
     runfiles.check_resume(run_dir, cfg)  # resumes with the checkpoint's tokenizer
-    preflight.check_folders(cfg, run_dir)
     preflight.check_wandb(cfg.log)
     return run_dir
 
