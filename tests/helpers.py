@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import torch.multiprocessing as mp
+from benchmarks.harness import free_port, run_distributed  # noqa: F401  (one copy: benchmarks must not import tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -19,12 +18,6 @@ FAST = [
     "train.micro_batch_size=2", "train.eval_every=1000", "train.eval_batches=2", "train.log_every=1000",
     "train.threads=1", "train.warmup_fraction=0.2", "log.progress=lines",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def compose(overrides: list[str] | None = None):
@@ -75,20 +68,3 @@ def metrics(tmp_path, name: str = "run") -> list[dict]:
 def losses_by_step(records: list[dict]) -> dict[int, float]:
     """The last logged training loss of each step (a resumed run may re-log a step)."""
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
-
-
-def _worker(rank, world_size, port, fn, args):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        fn(rank, world_size, *args)
-        dist.barrier()  # no rank tears gloo down while a peer is still using it
-    finally:
-        dist.destroy_process_group()
-
-
-def run_distributed(fn, world_size: int, *args) -> None:
-    """Run fn(rank, world_size, *args) in world_size gloo processes (fn must be importable)."""
-    mp.start_processes(_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True, start_method="spawn")
