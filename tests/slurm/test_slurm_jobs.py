@@ -64,25 +64,18 @@ def test_batch_script_runs_to_completion(slurm, tmp_path):
     assert (tmp_path / "runs" / f"slurm-{job_id}" / "checkpoints" / f"step_{steps:07d}").is_dir()
 
 
-def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
-    """Submitted through `python -m launch submit`; SIGUSR1 to the batch shell is what --signal=B:USR1@lead
-    sends before the time limit. The requeued job must end with the uninterrupted run's losses, bitwise."""
-    steps, stop_after = 120, 15
-    workdir = tmp_path / "job"
-    workdir.mkdir()
+def submit_preempt_job(slurm, tmp_path, workdir, steps: int) -> str:
+    """`python -m launch submit` as a user types it; returns the job id."""
     submit = [sys.executable, "-m", "launch", "submit", "--nodes", "1", "--gpus-per-node", "0", "--nproc-per-node", "2",
               "--cpus-per-task", "2", "--time", "30:00", "--job-name", "preempt", "--script-dir", str(tmp_path / "scripts"),
               f"--sbatch-arg=--chdir={workdir}", "--", *job_overrides(tmp_path, steps), "train.save_every=1000"]
     proc = subprocess.run(submit, cwd=ROOT, env=slurm.env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.split()[2]
-    metrics_path = workdir / "runs" / f"slurm-{job_id}" / "metrics.jsonl"
+    return proc.stdout.split()[2]
 
-    slurm.wait_for(lambda: len(read_metrics(metrics_path)) > stop_after or slurm.job_field(job_id, "JobState") not in ("RUNNING", "PENDING"),
-                   JOB_TIMEOUT, "the job to train a few steps")
-    assert slurm.job_field(job_id, "JobState") == "RUNNING", job_log(slurm, job_id, workdir)
-    slurm.run("scancel", "--batch", "--signal=USR1", job_id)
 
+def release_requeued(slurm, job_id: str, workdir) -> None:
+    """Wait for the requeue, then start the job again at once."""
     # Slurm holds a requeued batch job back for ~2 minutes (its BeginTime); release it at once.
     slurm.wait_for(lambda: slurm.job_field(job_id, "Restarts") == "1" and slurm.job_field(job_id, "JobState") == "PENDING",
                    60, f"job {job_id} to requeue\n{job_log(slurm, job_id, workdir)}")
@@ -91,6 +84,29 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
     slurm.wait_for(slurm.nodes_idle, 60, f"the node to be idle after job {job_id}'s first run")
     time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def uninterrupted_losses(tmp_path, steps: int) -> dict:
+    reference = run_train(tmp_path, [f"train.steps={steps}", "train.log_every=50", "train.save_every=1000"], nproc=2,
+                          name="reference")
+    assert reference.returncode == 0
+    return losses_by_step(read_metrics(tmp_path / "runs" / "reference" / "metrics.jsonl"))
+
+
+def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
+    """Submitted through `python -m launch submit`; SIGUSR1 to the batch shell is what --signal=B:USR1@lead
+    sends before the time limit. The requeued job must end with the uninterrupted run's losses, bitwise."""
+    steps, stop_after = 120, 15
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    job_id = submit_preempt_job(slurm, tmp_path, workdir, steps)
+    metrics_path = workdir / "runs" / f"slurm-{job_id}" / "metrics.jsonl"
+
+    slurm.wait_for(lambda: len(read_metrics(metrics_path)) > stop_after or slurm.job_field(job_id, "JobState") not in ("RUNNING", "PENDING"),
+                   JOB_TIMEOUT, "the job to train a few steps")
+    assert slurm.job_field(job_id, "JobState") == "RUNNING", job_log(slurm, job_id, workdir)
+    slurm.run("scancel", "--batch", "--signal=USR1", job_id)
+    release_requeued(slurm, job_id, workdir)
     wait_job(slurm, job_id, workdir)
 
     log = (workdir / f"preempt-{job_id}.out").read_text()  # both runs, appended
@@ -99,9 +115,7 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
     assert stopped_at < steps and f"resumed from runs/slurm-{job_id}/checkpoints/step_{stopped_at:07d}" in log, log[-3000:]
 
     resumed = losses_by_step(read_metrics(metrics_path))
-    reference = run_train(tmp_path, [f"train.steps={steps}", "train.log_every=50", "train.save_every=1000"], nproc=2, name="reference")
-    assert reference.returncode == 0
-    uninterrupted = losses_by_step(read_metrics(tmp_path / "runs" / "reference" / "metrics.jsonl"))
+    uninterrupted = uninterrupted_losses(tmp_path, steps)
     assert sorted(resumed) == list(range(1, steps + 1))
     assert resumed == uninterrupted  # bitwise, every step
 
