@@ -1,12 +1,11 @@
 """optim/lowrank_adam.py + optim/projectors.py against slow, explicit references (METHODS.md sections 1-2)."""
-import math
-
 import pytest
 import torch
 
 from optim import projectors as proj
 from optim.lowrank_adam import LowRankAdamW, balanced_owners
 from tests.helpers import run_distributed
+from tests.optim.reference import reference_dct
 
 
 @pytest.fixture
@@ -14,42 +13,6 @@ def identity_basis():
     proj.BASES["identity"] = lambda size: torch.eye(size)  # a test-only projector basis
     yield "identity"
     proj.BASES.pop("identity")
-
-
-def reference_dct(size: int) -> torch.Tensor:
-    """C[k, j] = sqrt(2/s) cos(pi k (2j+1) / 2s), row 0 / sqrt(2), element by element in float64."""
-    c = torch.empty(size, size, dtype=torch.float64)
-    for k in range(size):
-        for j in range(size):
-            c[k, j] = math.sqrt(2 / size) * math.cos(math.pi * k * (2 * j + 1) / (2 * size)) / (math.sqrt(2) if k == 0 else 1)
-    return c
-
-
-@pytest.mark.parametrize("size", [1, 7, 64])
-def test_dct_matrix_equals_reference_and_is_orthonormal(size):
-    c = proj.dct_matrix(size).double()
-    assert torch.allclose(c, reference_dct(size), atol=1e-6, rtol=0)
-    assert torch.allclose(c @ c.T, torch.eye(size, dtype=torch.float64), atol=1e-6, rtol=0)
-
-
-def test_dct_matrix_equals_scipy_at_130m_size():
-    scipy_fft = pytest.importorskip("scipy.fft")
-    c = proj.dct_matrix(768).double()
-    expected = torch.from_numpy(scipy_fft.dct(torch.eye(768, dtype=torch.float64).numpy(), type=2, norm="ortho", axis=0))
-    assert torch.allclose(c, expected, atol=1e-6, rtol=0)
-    assert torch.allclose(c @ c.T, torch.eye(768, dtype=torch.float64), atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("size", [7, 8, 300])
-def test_fast_dct_equals_the_matrix_product(size):
-    x = torch.randn(5, size)
-    assert torch.allclose(proj.dct_fft(x), x @ proj.dct_matrix(size).T, atol=1e-5, rtol=1e-5)
-
-
-def test_random_qr_basis_is_orthonormal_and_fixed():
-    q = proj.random_qr_matrix(33)
-    assert torch.allclose(q @ q.T, torch.eye(33), atol=1e-5)
-    assert torch.equal(q, proj.random_qr_matrix(33))
 
 
 @pytest.mark.parametrize("shape", [(12, 8), (8, 12)])

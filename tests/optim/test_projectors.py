@@ -1,9 +1,11 @@
-"""optim/projectors.py: index matching without data-dependent shapes, and bases under a FakeTensorMode."""
+"""optim/projectors.py: the bases against element-by-element references, index matching without data-dependent
+shapes, and bases under a FakeTensorMode."""
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
 
 from optim import projectors as proj
+from tests.optim.reference import reference_dct
 
 
 def reference_rotate(moment, old_idx, new_idx, tall):
@@ -50,3 +52,30 @@ def test_fake_bases_live_on_their_mode_never_in_the_cache(monkeypatch):
     assert is_fake(first) and proj._CACHE == {}
     real = proj.basis("dct", 16, torch.device("cpu"))
     assert not is_fake(real) and torch.equal(real, proj.dct_matrix(16))
+
+
+@pytest.mark.parametrize("size", [1, 7, 64])
+def test_dct_matrix_equals_reference_and_is_orthonormal(size):
+    c = proj.dct_matrix(size).double()
+    assert torch.allclose(c, reference_dct(size), atol=1e-6, rtol=0)
+    assert torch.allclose(c @ c.T, torch.eye(size, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_dct_matrix_equals_scipy_at_130m_size():
+    scipy_fft = pytest.importorskip("scipy.fft")
+    c = proj.dct_matrix(768).double()
+    expected = torch.from_numpy(scipy_fft.dct(torch.eye(768, dtype=torch.float64).numpy(), type=2, norm="ortho", axis=0))
+    assert torch.allclose(c, expected, atol=1e-6, rtol=0)
+    assert torch.allclose(c @ c.T, torch.eye(768, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("size", [7, 8, 300])
+def test_fast_dct_equals_the_matrix_product(size):
+    x = torch.randn(5, size)
+    assert torch.allclose(proj.dct_fft(x), x @ proj.dct_matrix(size).T, atol=1e-5, rtol=1e-5)
+
+
+def test_random_qr_basis_is_orthonormal_and_fixed():
+    q = proj.random_qr_matrix(33)
+    assert torch.allclose(q @ q.T, torch.eye(33), atol=1e-5)
+    assert torch.equal(q, proj.random_qr_matrix(33))
