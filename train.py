@@ -25,14 +25,15 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import DistEnv, read_dist_env
 from models import Llama, apply_activation_checkpointing, shape_for
-from trainer import checkpoint, cli, corpus, data, diskfull, engine as eng, lock, precision, preflight, rundir, runfiles, signals
+from trainer import cli, data, diskfull, engine as eng, lock, precision, preflight, rundir, runfiles, signals
 from trainer.compile import maybe_compile
-from trainer.config import Config, check_workers, check_world, resolve, run_name
+from trainer.config import Config, resolve, run_name
 from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
 from trainer.registry import AGG, OPTIM, PARAM, config_name
 from trainer.schema import check_keys
 from trainer.strategy import BuildContext
+from trainer.validate import validate
 
 ConfigStore.instance().store(name="schema", node=Config)  # the strategy groups: trainer/registry.py
 JOBS = cli.JobLog()
@@ -56,25 +57,10 @@ def build_model(cfg: Config, vocab_size: int) -> Llama:
     return Llama(shape_for(cfg.model.size), cfg.model.vocab_size or vocab_size, cfg.model.max_seq_len, cfg.model.attn)
 
 
-def check_inputs(cfg: Config, world_size: int) -> str:
-    """The checks that need no model and no data, before any file is written; returns the run directory."""
-    check_world(cfg, world_size)
-    check_workers(cfg, world_size)
-    corpus.check_source(cfg.data)
-    shape_for(cfg.model.size)
-    checkpoint.check_resume_arg(cfg.train.resume)
-    run_dir = os.path.join(cfg.run.out_dir, run_name(cfg))
-    preflight.check_folders(cfg, run_dir)
-    lock.check_free(run_dir)  # a run that holds the directory is named before its files are read
-    runfiles.check_resume(run_dir, cfg)  # resumes with the checkpoint's tokenizer
-    preflight.check_wandb(cfg.log)
-    return run_dir
-
-
 def run(raw: DictConfig) -> int:
     cfg = load_config(raw)
     env = read_dist_env()
-    run_dir = check_inputs(cfg, env.world_size)
+    run_dir = validate(cfg, env.world_size)  # every start-up check, before any file is written
     device = eng.pick_device(cfg, env)
     eng.set_threads(cfg.train.threads)
     eng.init_distributed(env, device)
@@ -96,8 +82,7 @@ def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str,
         runfiles.keep_tokenizer(run_dir, corpus_data.tokenizer_path)
         signals.clear_preempted(run_dir)
     model = build_model(cfg, corpus_data.vocab_size)
-    ctx = BuildContext(model_size=cfg.model.size, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed,
-                       zero_stage=cfg.train.zero_stage, total_steps=cfg.train.steps, device=device)
+    ctx = BuildContext(model_size=cfg.model.size, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed)
     param_strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
     param_strategy.convert(model)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
@@ -107,7 +92,7 @@ def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str,
     optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
     aggregator = AGG.build(config_name(cfg.agg), cfg.agg, ctx)
     if cfg.faults.byzantine_ranks:
-        from trainer.faults import FaultInjector
+        from agg.faults import FaultInjector
 
         aggregator = FaultInjector(aggregator, cfg.faults, ctx)
     engine = eng.Engine(model, optimizer, cfg, env.world_size, device)

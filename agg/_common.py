@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from trainer.strategy import Aggregator, BuildContext
+from trainer.strategy import Aggregator, BuildContext, NeedsZeroStage0
 
 MODES = ("sharded", "allgather")
 
@@ -49,16 +49,15 @@ class RobustConfig:
         return 2, "it combines several workers' gradients; one process has nothing to combine"
 
     def check_world(self, world_size: int) -> None:
-        """At start-up (trainer.config.check_workers): refuse a world too small for the aggregate to mean anything."""
+        """At start-up (trainer.validate.check_workers): refuse a world too small for the aggregate to mean anything."""
         need, why = self.min_workers()
         if world_size < need:
             raise ValueError(f"agg={self.name} needs at least {need} workers ({why}), this run has {world_size}; "
                              f"run {need} or more processes (torchrun --nproc_per_node={need}) or use agg=mean")
 
-    def check(self, cfg) -> None:
-        if cfg.train.zero_stage != 0:
-            raise ValueError(f"agg={self.name} needs train.zero_stage=0 (ZeRO-1/2 reduce gradients inside backward, "
-                             f"so no rank holds its own full gradient); set train.zero_stage=0 or agg=mean")
+    def needs_zero_stage_0(self) -> NeedsZeroStage0:
+        return NeedsZeroStage0(f"agg={self.name}", "reduces gradients inside backward, so no rank holds its own full "
+                               "gradient", fix=" or agg=mean")
 
 
 # --- flat views of a list of gradient tensors ------------------------------------------------------

@@ -34,7 +34,7 @@ from trainer.strategy import BuildContext  # noqa: E402
 
 def build_trainer(cfg, run_dir: str, engine=None, corpus=None):
     corpus = corpus or data.prepare(cfg.data, True, eng.barrier)
-    ctx = BuildContext(model_size=cfg.model.size, total_steps=cfg.train.steps)
+    ctx = BuildContext(model_size=cfg.model.size)
     param = PARAM.build(config_name(cfg.param), cfg.param, ctx)
     if engine is None:
         model = train.build_model(cfg, corpus.vocab_size)

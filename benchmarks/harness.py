@@ -54,7 +54,7 @@ def build(size: str, param_name: str, optim_name: str | None, extra: list[str] =
           seq_len: int = 256, device: str = "cpu") -> Built:
     """The model converted by `param_name`, and (unless None) the `optim_name` optimizer over it."""
     cfg = compose([f"model.size={size}", f"param={param_name}", f"optim={optim_name or 'adamw'}", *extra])
-    ctx = BuildContext(model_size=size, seed=cfg.train.seed, total_steps=cfg.train.steps)
+    ctx = BuildContext(model_size=size, seed=cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     with torch.device(device):
         model = Llama(shape_for(size), vocab, seq_len)

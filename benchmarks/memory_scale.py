@@ -47,7 +47,7 @@ REAL = {"best@1b": ("1b, 1 x 256", BEST), "today@350m": ("350m", TODAY)}
 def estimate(overrides: list[str], real: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "m.json"
-        cmd = [sys.executable, "-m", "trainer.memory", *COMMON, *overrides, "--json", str(out), *(["--real"] if real else [])]
+        cmd = [sys.executable, "-m", "tools.memory", *COMMON, *overrides, "--json", str(out), *(["--real"] if real else [])]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "overrides": overrides}

@@ -37,6 +37,11 @@ LLAMA_SIZES: dict[str, LlamaShape] = {
 }
 
 
+# The rank r of a low-rank method's factors per size: GaLore's and SLTrain's (shared/METHODS.md table) from
+# 60m up; debug and 20m are ours, a quarter of hidden as at 60m. optim/dct_adamw.py and param/sltrain.py read it.
+PROJECTION_RANK: dict[str, int] = {"debug": 16, "20m": 96, "60m": 128, "130m": 256, "350m": 256, "1b": 512, "7b": 1024}
+
+
 def shape_for(size: str) -> LlamaShape:
     if size not in LLAMA_SIZES:
         raise ValueError(f"unknown model.size={size!r}; choose one of: {', '.join(LLAMA_SIZES)}")

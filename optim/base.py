@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 
 from optim import lowbit
+from trainer.seeding import mix_seed
+from trainer.strategy import NeedsZeroStage0
 
 STATE_DTYPES = ("fp32", "bf16", "int8")
 CHUNK = 1 << 22  # values per chunk of a dequantised / upcast update (a multiple of lowbit.BLOCK)
@@ -44,20 +46,22 @@ class LowMemoryConfig:
         if self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"optim.state_dtype={self.state_dtype!r} is not one of {', '.join(STATE_DTYPES)}")
 
+    def needs_zero_stage_0(self) -> NeedsZeroStage0 | None:
+        """What ZeRO-1/2 would break (trainer/validate.py refuses it): moments not in fp32, a step in backward."""
+        if self.state_dtype != "fp32":
+            return NeedsZeroStage0(f"optim.state_dtype={self.state_dtype}", "hands the optimizer flat fp32 partitions")
+        if self.step_in_backward:
+            return NeedsZeroStage0("optim.step_in_backward=true", "reduces and steps partitions after backward",
+                                   fix=" or optim.step_in_backward=false")
+        return None
+
     def check_low_memory(self, cfg) -> None:
-        """The combinations a step inside backward cannot serve, each refused in one line."""
+        """The combinations a step inside backward cannot serve, each refused in one line (ZeRO-1/2: above)."""
         from trainer.registry import config_name
 
-        t = cfg.train
-        if self.state_dtype != "fp32" and t.zero_stage > 0:
-            raise ValueError(f"optim.state_dtype={self.state_dtype} needs train.zero_stage=0 (ZeRO-1/2 hand the optimizer "
-                             f"flat fp32 partitions); set train.zero_stage=0")
         if not self.step_in_backward:
             return
-        if t.zero_stage > 0:
-            raise ValueError("optim.step_in_backward=true needs train.zero_stage=0 (ZeRO-1/2 reduce and step partitions "
-                             "after backward); set train.zero_stage=0 or optim.step_in_backward=false")
-        if t.grad_clip > 0:
+        if cfg.train.grad_clip > 0:
             raise ValueError("optim.step_in_backward=true updates each weight before the global gradient norm is known, "
                              "so it cannot clip; set train.grad_clip=0 or optim.step_in_backward=false")
         if config_name(cfg.agg) != "mean" or cfg.faults.byzantine_ranks:
@@ -199,7 +203,7 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
     def _generator(self, p, state) -> torch.Generator | None:
         if p.dtype == torch.float32 or not self.stochastic_rounding:
             return None
-        seed = ((self.seed * 1_000_003 + self._index[p]) * 1_000_003 + int(state["step"])) & ((1 << 63) - 1)
+        seed = mix_seed(self.seed, self._index[p], int(state["step"]), bits=63)
         return lowbit.generator_for(seed, p.device)
 
     @staticmethod

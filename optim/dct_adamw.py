@@ -10,16 +10,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models import projection_modules
+from models import PROJECTION_RANK, projection_modules
 from optim.adamw import low_memory_kwargs
 from optim.base import LowMemoryConfig
 from optim.lowrank_adam import LowRankAdamW
 from optim.projectors import BASES
 from trainer.registry import OPTIM
-from trainer.strategy import BuildContext
-
-# The GaLore / SLTrain rank per model size (METHODS.md table); debug and 20m: a quarter of hidden.
-DEFAULT_RANK = {"debug": 16, "20m": 96, "60m": 128, "130m": 256, "350m": 256, "1b": 512, "7b": 1024}
+from trainer.strategy import BuildContext, NeedsZeroStage0
 
 
 @dataclass
@@ -33,7 +30,7 @@ class LowRankAdamConfig(LowMemoryConfig):
     weight_decay: float = 0.0
     """Decoupled, on the full W (METHODS.md 2); the recipe uses 0."""
     rank: int = 0
-    """r of each projected matrix (capped at min(m, n)); 0: DEFAULT_RANK[model.size] (METHODS.md table)."""
+    """r of each projected matrix (capped at min(m, n)); 0: models.PROJECTION_RANK[model.size] (METHODS.md table)."""
     projector: str = "dct"
     """dct (METHODS.md 2: top-r columns of a fixed orthonormal basis) | svd (METHODS.md 1: GaLore)."""
     basis: str = "dct"
@@ -75,15 +72,16 @@ class LowRankAdamConfig(LowMemoryConfig):
         if self.fast_dct == "on" and (self.projector != "dct" or self.basis != "dct"):
             bad("fast_dct", "the FFT computes the DCT only; use optim.fast_dct=auto or optim.basis=dct")
 
+    def needs_zero_stage_0(self) -> NeedsZeroStage0:
+        return super().needs_zero_stage_0() or NeedsZeroStage0(
+            f"optim={self.name}", "hands the optimizer flat 1-D partitions", what="whole matrices",
+            fix=" optim.zero=1 (state sharded by whole matrices)")
+
     def check(self, cfg) -> None:
         self.check_low_memory(cfg)
         if self.zero and self.step_in_backward:
             raise ValueError("optim.zero=1 broadcasts each owner's weights after the step, which a step inside backward "
                              "does not have; set optim.zero=0 or optim.step_in_backward=false")
-        if cfg.train.zero_stage > 0:
-            raise ValueError(
-                f"optim={self.name} needs whole matrices, but train.zero_stage={cfg.train.zero_stage} hands the optimizer "
-                f"flat 1-D partitions; use train.zero_stage=0 optim.zero=1 (state sharded by whole matrices)")
 
 
 @dataclass
@@ -123,7 +121,7 @@ def build_lowrank(cfg: LowRankAdamConfig, model: nn.Module, ctx: BuildContext) -
     groups = [g for g in ({"params": dense}, {"params": projected, "projected": True}) if g["params"]]
     return LowRankAdamW(
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
-        rank=cfg.rank or DEFAULT_RANK.get(ctx.model_size, 256), projector=cfg.projector, basis=cfg.basis,
+        rank=cfg.rank or PROJECTION_RANK.get(ctx.model_size, 256), projector=cfg.projector, basis=cfg.basis,
         update_gap=cfg.update_gap, scale=cfg.scale, score=cfg.score, rotate_moments=cfg.rotate_moments,
         error_feedback=cfg.error_feedback, fast_dct=cfg.fast_dct, zero=cfg.zero, group=ctx.group, seed=ctx.seed,
         **low_memory_kwargs(cfg))

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from optim.dct_adamw import DEFAULT_RANK, split_params
+from models import PROJECTION_RANK
+from optim.dct_adamw import split_params
 from trainer.registry import OPTIM
-from trainer.strategy import BuildContext
+from trainer.strategy import BuildContext, NeedsZeroStage0
 
 
 @dataclass
@@ -47,10 +48,9 @@ class GaLoreTorchConfig:
         if self.rank < 0 or self.update_proj_gap < 1 or self.lr <= 0:
             raise ValueError("optim.rank: need rank >= 0 (0: by model size), update_proj_gap >= 1 and lr > 0")
 
-    def check(self, cfg) -> None:
-        if cfg.train.zero_stage > 0:
-            raise ValueError(f"optim=galore_torch needs whole matrices, but train.zero_stage={cfg.train.zero_stage} hands "
-                             f"it flat 1-D partitions; use train.zero_stage=0, or optim=dct_adamw optim.zero=1 to shard")
+    def needs_zero_stage_0(self) -> NeedsZeroStage0:
+        return NeedsZeroStage0("optim=galore_torch", "hands it flat 1-D partitions", what="whole matrices",
+                               fix=", or optim=dct_adamw optim.zero=1 to shard")
 
 
 @OPTIM.register("galore_torch", GaLoreTorchConfig)
@@ -60,7 +60,7 @@ def build_galore_torch(cfg: GaLoreTorchConfig, model: nn.Module, ctx: BuildConte
     except ImportError:
         raise ValueError("optim=galore_torch needs the galore-torch package: pip install galore-torch==1.0") from None
     dense, projected = split_params(model, cfg.name)
-    rank = cfg.rank or DEFAULT_RANK.get(ctx.model_size, 256)
+    rank = cfg.rank or PROJECTION_RANK.get(ctx.model_size, 256)
     groups = [{"params": dense}] if dense else []
     if projected:
         groups.append({"params": projected, "rank": rank, "update_proj_gap": cfg.update_proj_gap, "scale": cfg.scale,

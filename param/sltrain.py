@@ -26,23 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import is_fake_or_meta, projection_modules, shape_for
+from models import PROJECTION_RANK, is_fake_or_meta, projection_modules, shape_for
 from trainer.registry import PARAM
 from trainer.strategy import BuildContext, ParamStrategy
 
-# model size -> (rank, alpha, delta). 60m..7b: METHODS.md section 3 (the paper's). debug and 20m are
-# ours (not in the paper): rank = hidden / 4 as at 60m, alpha so that alpha / rank = 0.25 as at 60m.
-SIZE_DEFAULTS: dict[str, tuple[int, float, float]] = {
-    "debug": (16, 4.0, 0.03),
-    "20m": (96, 24.0, 0.03),
-    "60m": (128, 32.0, 0.03),
-    "130m": (256, 16.0, 0.03),
-    "350m": (256, 16.0, 0.03),
-    "1b": (512, 8.0, 0.03),
-    "7b": (1024, 8.0, 0.05),
-}
-
-
+# model size -> (rank, alpha, delta); the rank is models.PROJECTION_RANK. 60m..7b: METHODS.md section 3 (the
+# paper's). debug and 20m are ours (not in the paper): alpha so that alpha / rank = 0.25 as at 60m.
+ALPHA_DELTA = {"debug": (4.0, 0.03), "20m": (24.0, 0.03), "60m": (32.0, 0.03), "130m": (16.0, 0.03),
+               "350m": (16.0, 0.03), "1b": (8.0, 0.03), "7b": (8.0, 0.05)}
+SIZE_DEFAULTS: dict[str, tuple[int, float, float]] = {size: (PROJECTION_RANK[size], *ALPHA_DELTA[size])
+                                                      for size in ALPHA_DELTA}
 B_INITS = ("zero", "kaiming")
 
 
@@ -156,10 +149,8 @@ def build_weight(B, A, values, support, scale: float, dtype: torch.dtype) -> tor
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
+    on = x.device.type  # inside autocast: its dtype, as nn.Linear would compute in
+    return torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else x.dtype
 
 
 class SparseLowRankMatmul(torch.autograd.Function):
@@ -210,8 +201,7 @@ class SparseLowRankLinear(nn.Module):
                  seed: int = 0, device=None, dtype=None, b_init: str = "zero"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.rank, self.alpha, self.delta = rank, alpha, delta
-        self.scale = alpha / rank
+        self.rank, self.alpha, self.delta, self.scale = rank, alpha, delta, alpha / rank
         nnz = math.floor(delta * in_features * out_features)
         factory = {"device": device, "dtype": dtype}
         self.B = nn.Parameter(torch.zeros(out_features, rank, **factory))

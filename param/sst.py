@@ -27,6 +27,7 @@ from torch import nn
 
 from models import is_fake_or_meta, projection_modules, shape_for
 from trainer.registry import PARAM
+from trainer.seeding import mix_seed
 from trainer.strategy import BuildContext, EngineOps, ParamStrategy
 
 
@@ -208,7 +209,7 @@ class SST(ParamStrategy):
     def __init__(self, cfg: SSTConfig, ctx: BuildContext):
         self.cfg, self.ctx = cfg, ctx
         # Seeded identically on every rank: every rank draws the same columns.
-        self.generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 5)
+        self.generator = torch.Generator().manual_seed(mix_seed(ctx.seed, 5))
         self.layers: list[tuple[str, SpectralLinear]] = []
         self.num_resamples = 0  # "iterations" so far
         self.num_resvds = 0  # "rounds" so far (re-SVDs of at least one layer)

@@ -230,7 +230,8 @@ def run_name(cfg: Config) -> str:
 
 
 def resolve(cfg: Config) -> Config:
-    """Turn the strategy groups into their registered typed configs and run each one's checks."""
+    """Turn the strategy groups into their registered typed configs and run each one's checks
+    (trainer/validate.py's strategy part: a bad combination fails as the config is read)."""
     from trainer.registry import AGG, OPTIM, PARAM
 
     for attr, registry in (("param", PARAM), ("optim", OPTIM), ("agg", AGG)):
@@ -239,20 +240,10 @@ def resolve(cfg: Config) -> Config:
             setattr(cfg, attr, registry.make_config(node))
         elif registry.get(node.name).config_cls is not type(node):  # `param.name=sst` under param=sltrain
             raise ValueError(f"{attr}.name={node.name} does not change the strategy; choose it with {attr}={node.name}")
-    for attr in ("param", "optim", "agg"):
-        check = getattr(getattr(cfg, attr), "check", None)
-        if check is not None:
-            check(cfg)
+    from trainer.validate import check_strategies  # validate.py imports this module
+
+    check_strategies(cfg)
     return cfg
-
-
-def check_workers(cfg: Config, world_size: int) -> None:
-    """Each strategy's `check_world(world_size)`, where it has one: e.g. an aggregator whose math needs more
-    workers than the run has (train.py, before any work; the memory estimator models one process and skips it)."""
-    for node in (cfg.param, cfg.optim, cfg.agg):
-        check = getattr(node, "check_world", None)
-        if check is not None:
-            check(world_size)
 
 
 def check_world(cfg: Config, world_size: int) -> int:

@@ -25,6 +25,7 @@ import torch
 
 from trainer import corpus, preflight, stream, tokenizing
 from trainer.config import DataConfig
+from trainer.seeding import mix_seed
 
 WAIT_REPORT_S = 30.0
 MIN_VOCAB = 260  # DataConfig's floor: 256 byte pieces, unk, bos, eos and more
@@ -178,7 +179,7 @@ class Corpus:
         """The sequence of training sample `sample`: a per-epoch permutation of the training sequences."""
         epoch, pos = divmod(sample, self.num_train)
         if self._perm[0] != (seed, epoch):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
             self._perm = ((seed, epoch), torch.randperm(self.num_train, generator=gen))
         return int(self._perm[1][pos])
 

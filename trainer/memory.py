@@ -1,7 +1,8 @@
 """Memory estimator: the peak bytes of a training step of one configuration, counted without a GPU.
 
-    python -m trainer.memory <train.py's overrides> [--budget 24GiB] [--real] [--steps 2] [--json out.json]
+    python -m tools.memory <train.py's overrides> [--budget 24GiB] [--real] [--steps 2] [--json out.json]
 
+The command is tools/memory.py, which registers the strategies (this library in trainer/ imports none of them).
 It composes the config as train.py does, builds the model on the meta device, makes every parameter and
 buffer a fake tensor on "cpu" (torch's FakeTensorMode: shapes and dtypes, no storage), and runs `--steps`
 training steps of the configured strategies (trainer/memtrack.py, which mirrors the engine and the loop)
@@ -19,13 +20,10 @@ A fake "cuda" device cannot run backward on a CPU-only torch build, hence "cpu".
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -63,14 +61,14 @@ def format_bytes(n: int) -> str:
 
 def load_config(overrides: list[str]) -> Config:
     """The typed config of these overrides, composed over conf/ exactly as train.py does (without importing
-    train.py, which pulls in DeepSpeed). A Hydra error becomes a one-line ValueError."""
+    train.py, which pulls in DeepSpeed), with the strategies registered by the caller (tools/memory.py). A Hydra
+    error becomes a one-line ValueError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    import agg, optim, param  # noqa: F401,E401  (register the strategies, as train.py does)
     from trainer.cli import hydra_error_line
     from trainer.schema import check_keys
 
@@ -172,35 +170,3 @@ def report(est: MemoryEstimate, budget: int | None) -> list[str]:
         lines.append(f"{verdict}: peak {format_bytes(total)} vs budget {format_bytes(budget)} "
                      f"({format_bytes(abs(budget - total))} {'to spare' if total <= budget else 'over'})")
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
-    parser.add_argument("--budget", help="memory to fit in: 24GiB, 16GB, 1.5TiB or bytes")
-    parser.add_argument("--real", action="store_true", help="real tensors instead of fake ones (checking)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="where --real tensors live (cuda: also the allocator's peak)")
-    parser.add_argument("--steps", type=int, default=2, help="training steps to run (default 2)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    try:
-        budget = None if args.budget is None else parse_bytes(args.budget)
-        if args.steps < 1:
-            raise ValueError(f"--steps {args.steps}: must be at least 1")
-        if args.device == "cuda" and not args.real:
-            raise ValueError("--device cuda: only with --real (fake tensors live on cpu)")
-        est = estimate(args.overrides, args.steps, args.real, args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    print("\n".join(report(est, budget)), flush=True)
-    if args.json:
-        out = {**asdict(est), "budget": budget, "fits": None if budget is None else est.bytes["total"] <= budget}
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

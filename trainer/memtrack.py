@@ -104,8 +104,7 @@ def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int, devic
     """Model -> param strategy -> activation checkpointing -> precision -> optimizer, as train.py orders them.
     `device` places real tensors (a real "cuda" job checks the estimate against the GPU's allocator)."""
     torch.manual_seed(cfg.train.seed)
-    ctx = BuildContext(model_size=cfg.model.size, seed=cfg.train.seed, zero_stage=cfg.train.zero_stage,
-                       total_steps=cfg.train.steps)
+    ctx = BuildContext(model_size=cfg.model.size, seed=cfg.train.seed)
     with torch.device(device) if real else torch.device("meta"):  # meta: shapes only, nothing allocated
         model = models.Llama(models.shape_for(cfg.model.size), vocab_size, cfg.model.max_seq_len, cfg.model.attn)
         param_strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)

@@ -13,11 +13,14 @@ Three kinds, each picked by a Hydra group and built through `trainer.registry`:
 - `Aggregator` (`agg=`): combines the data-parallel workers' gradients. `mean` keeps
   DeepSpeed's own all-reduce; any other aggregator gets the local gradients instead.
 
-Strategies never import DeepSpeed: what they may do to the engine is in `EngineOps`.
+Strategies never import DeepSpeed: what they may do to the engine is in `EngineOps`. A strategy's config
+dataclass may refuse a run at start-up (trainer/validate.py calls each where it exists): `check(cfg)` for
+combinations with other settings, `check_world(world_size)` for the number of processes, and
+`needs_zero_stage_0()` returning a `NeedsZeroStage0` (or None) for what ZeRO-1/2 would break.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -32,10 +35,19 @@ class BuildContext:
     rank: int = 0
     world_size: int = 1
     seed: int = 0
-    zero_stage: int = 0
-    total_steps: int = 1
     group: Any = None  # the data-parallel torch.distributed process group (None: default group)
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass(frozen=True)
+class NeedsZeroStage0:
+    """A strategy setting that DeepSpeed's ZeRO-1/2 break, declared by the config's `needs_zero_stage_0()`;
+    trainer/validate.py words the one refusal: `<setting> needs <what>, but train.zero_stage=<z> <why>; use
+    train.zero_stage=0<fix>`."""
+
+    setting: str  # what needs it, as the user would write it: "agg=flag", "optim.state_dtype=int8"
+    why: str  # what ZeRO-1/2 do that breaks it, as a verb phrase: "hands the optimizer flat fp32 partitions"
+    fix: str = ""  # the other way out, after "use train.zero_stage=0": " or agg=mean"
+    what: str = "train.zero_stage=0"  # what the setting needs, where that says more ("whole matrices")
 
 
 class EngineOps(Protocol):

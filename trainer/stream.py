@@ -26,6 +26,7 @@ import torch
 
 from trainer import corpus, tokenizing
 from trainer.config import DataConfig
+from trainer.seeding import mix_seed
 
 WAIT_REPORT_S = 30.0
 
@@ -182,7 +183,7 @@ class StreamCorpus:
             k, pos = self._locate(sample % self._total_train())
             n = self._train_seqs(k)
         if self._perm[0] != (seed, k):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
+            gen = torch.Generator().manual_seed(mix_seed(seed, k))
             self._perm = ((seed, k), torch.randperm(n, generator=gen))
         return k * self.seqs_per_chunk + (self.num_val if k == 0 else 0) + int(self._perm[1][pos])
 

@@ -3,7 +3,7 @@ import pytest
 
 from agg.multi_krum import MultiKrumConfig
 from tests.helpers import ROOT, compose
-from trainer.config import check_workers
+from trainer.validate import check_workers
 from trainer.registry import AGG
 
 import train

@@ -9,7 +9,7 @@ import torch
 from models import shape_for
 from optim import lowbit, projectors
 from tests.helpers import ROOT, train_env
-from trainer import memory
+from tools import memory
 
 # Accumulation 2, so the count covers a gradient that lives across micro-batches.
 SMALL = ["data.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=4", "model.vocab_size=1024"]
@@ -99,7 +99,7 @@ def test_budget_verdict(tmp_path, capsys, budget, verdict):
     (["--budget", "lots"], "--budget"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, message):
-    proc = subprocess.run([sys.executable, "-m", "trainer.memory", *args], cwd=ROOT, env=train_env(),
+    proc = subprocess.run([sys.executable, "-m", "tools.memory", *args], cwd=ROOT, env=train_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

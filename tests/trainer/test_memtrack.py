@@ -3,7 +3,8 @@ import pytest
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
 from optim import lowbit, projectors
-from trainer import memory, memtrack
+from tools import memory
+from trainer import memtrack
 
 SMALL = ["data.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=4", "model.vocab_size=1024",
          "train.device=cpu"]

@@ -7,7 +7,7 @@ import torch
 from agg.mean import MeanAggregator, MeanConfig
 from tests.helpers import metrics, run_distributed, run_train
 from trainer.config import FaultsConfig
-from trainer.faults import FaultInjector
+from agg.faults import FaultInjector
 from trainer.strategy import Aggregator, BuildContext
 
 P = 4

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.config import FaultsConfig
+from trainer.seeding import mix_seed
 from trainer.strategy import Aggregator, BuildContext
 
 NEEDS_HONEST = ("alie", "fall_of_empires")
@@ -64,7 +65,7 @@ class FaultInjector(Aggregator):
 
     def corrupt(self, grads: list[torch.Tensor], step: int, honest) -> None:
         attack, cfg = self.cfg.attack, self.cfg
-        gen = torch.Generator().manual_seed(((self.ctx.seed * 1_000_003 + step) * 1009 + self.ctx.rank) % (1 << 62))
+        gen = torch.Generator().manual_seed(mix_seed(mix_seed(self.ctx.seed, step), self.ctx.rank, multiplier=1009, bits=62))
         if attack in NEEDS_HONEST:
             mu, sigma = honest
             vec = mu - cfg.alie_z * sigma if attack == "alie" else -cfg.foe_epsilon * mu
