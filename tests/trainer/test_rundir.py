@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, ROOT, cache_dir, run_train, train_env
-from trainer import checkpoint, rundir
+from trainer import checkpoint, manifest, rundir
 
 
 def contents(root: Path) -> dict[str, str]:
@@ -32,11 +32,11 @@ def previous_dirs(run_dir: Path) -> list[Path]:
 def sealed(run_dir: Path, step: int) -> str:
     """A small sealed checkpoint of `step` in run_dir/checkpoints (with its own tokenizer)."""
     root = run_dir / "checkpoints"
-    tmp = Path(checkpoint.tmp_dir(str(root), step))
+    tmp = Path(manifest.tmp_dir(str(root), step))
     tmp.mkdir(parents=True)
     (tmp / "trainer.pt").write_bytes(f"state {step}".encode())
     (tmp / "tokenizer.model").write_bytes(b"tokenizer")
-    return checkpoint.publish(str(root), step)
+    return manifest.publish(str(root), step)
 
 
 @pytest.fixture
@@ -92,8 +92,8 @@ def test_a_resume_from_an_older_step_moves_the_newer_checkpoints_aside(tmp_path,
     found, lines = claim(tmp_path, cfg, older)
     [previous] = previous_dirs(tmp_path)
     assert found == older and "resumes step 2" in lines[0] and "step_0000004" in lines[0]
-    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path / "checkpoints"))] == [2]
-    assert [s for s, _ in checkpoint.list_checkpoints(str(previous / "checkpoints"))] == [4, 3]
+    assert [s for s, _ in manifest.list_checkpoints(str(tmp_path / "checkpoints"))] == [2]
+    assert [s for s, _ in manifest.list_checkpoints(str(previous / "checkpoints"))] == [4, 3]
     assert contents(previous)["metrics.jsonl"] == before["metrics.jsonl"]  # the resumed run trims its own copy
 
 
@@ -132,7 +132,7 @@ def used_directory(tmp_path, earlier_run) -> Path:
 
 
 def steps(run_dir: Path) -> list[int]:
-    return [s for s, _ in checkpoint.list_checkpoints(str(run_dir / "checkpoints"))]
+    return [s for s, _ in manifest.list_checkpoints(str(run_dir / "checkpoints"))]
 
 
 def resumed_by_next_start(run_dir: Path) -> str | None:
@@ -264,7 +264,7 @@ def case_disk_full_on_a_small_tmpfs(tmp_path, earlier_run):
     assert "disk full" in one_error_line(result[4]) and "metrics.jsonl" in one_error_line(result[4])
     run_dir = snap / "x"
     assert os.listdir(run_dir / "checkpoints") == ["step_0000001"] and not (run_dir / ".lock").exists()
-    assert checkpoint.verify(str(run_dir / "checkpoints" / "step_0000001")) is None
+    assert manifest.verify(str(run_dir / "checkpoints" / "step_0000001")) is None
     assert contents(run_dir / "checkpoints") == contents(tmp_path / "snapshot-after" / "x" / "checkpoints")
 
 
