@@ -25,9 +25,11 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from launch.env import DistEnv, read_dist_env
 from models import Llama, apply_activation_checkpointing, shape_for
-from trainer import cli, data, diskfull, engine as eng, lock, precision, preflight, rundir, runfiles, signals
+from trainer import cli, data, diskfull, dist, lock, precision, preflight, rundir, runfiles, signals
+from trainer.checkpoint import Checkpointer
 from trainer.compile import maybe_compile
 from trainer.config import Config, resolve, run_name
+from trainer.engine import Engine
 from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
 from trainer.registry import AGG, OPTIM, PARAM, config_name
@@ -61,14 +63,14 @@ def run(raw: DictConfig) -> int:
     cfg = load_config(raw)
     env = read_dist_env()
     run_dir = validate(cfg, env.world_size)  # every start-up check, before any file is written
-    device = eng.pick_device(cfg, env)
-    eng.set_threads(cfg.train.threads)
-    eng.init_distributed(env, device)
+    device = dist.pick_device(cfg, env)
+    dist.set_threads(cfg.train.threads)
+    dist.init_distributed(env, device)
     # One run per directory, from here to exit (also the exit-75 stop); a full disk anywhere is one line.
-    with lock.hold(run_dir, env.is_main, eng.broadcast_object), diskfull.stops_the_run(run_dir, "training"):
+    with lock.hold(run_dir, env.is_main, dist.broadcast_object), diskfull.stops_the_run(run_dir, "training"):
         resume_from = rundir.claim(run_dir, cfg, env.rank, env.world_size)  # moves an earlier run aside
         # before the run directory is made: a bad corpus leaves it as it was (claim set a resumed run's tokenizer)
-        corpus_data = data.prepare(cfg.data, env.is_main, eng.barrier)
+        corpus_data = data.prepare(cfg.data, env.is_main, dist.barrier)
         preflight.check_vocab(cfg, corpus_data.vocab_size)
         return build_and_fit(cfg, env, device, run_dir, resume_from, corpus_data)
 
@@ -95,19 +97,25 @@ def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str,
         from agg.faults import FaultInjector
 
         aggregator = FaultInjector(aggregator, cfg.faults, ctx)
-    engine = eng.Engine(model, optimizer, cfg, env.world_size, device)
+    engine = Engine(model=model, optimizer=optimizer, aggregator=aggregator, train=cfg.train,
+                    world_size=env.world_size, device=device)
     log = MetricsLog(run_dir, cfg.log, env.is_main, cfg.train.steps, resolved, run_name(cfg))
     log.info(f"run {run_dir}: {cfg.model.size} model, param={config_name(cfg.param)} optim={config_name(cfg.optim)} "
              f"agg={config_name(cfg.agg)}, {env.world_size} process(es) on {device}, ZeRO-{cfg.train.zero_stage}")
     try:
-        trainer = Trainer(cfg, engine, param_strategy, aggregator, corpus_data, env.rank, env.world_size, run_dir, log)
+        checkpointer = Checkpointer(engine=engine, cfg=cfg, run_dir=run_dir, vocab_size=corpus_data.vocab_size,
+                                    tokenizer_path=corpus_data.tokenizer_path,
+                                    strategies={"param": param_strategy, "agg": aggregator},
+                                    rank=env.rank, world_size=env.world_size, info=log.info)
+        trainer = Trainer(train=cfg.train, seq_len=cfg.data.seq_len, engine=engine, param=param_strategy,
+                          data=corpus_data, checkpointer=checkpointer, log=log, rank=env.rank, world_size=env.world_size)
         code = trainer.fit(resume_from)
         if code == signals.EXIT_PREEMPTED:  # torchrun reports 75 as 1: say "resume me" in files too
             signals.announce_preempted(run_dir, env.is_main, trainer.state.step)
         return code
     finally:
         log.close()
-        eng.destroy()
+        dist.destroy()
 
 
 def run_job(raw: DictConfig) -> int:
@@ -139,7 +147,7 @@ def hydra_task(raw: DictConfig) -> int:
 def main() -> None:
     global JOBS
     JOBS = cli.JobLog(swept=cli.swept_keys(cli.argv_overrides(sys.argv[1:])))
-    with cli.one_line_errors(), eng.one_process_group():
+    with cli.one_line_errors(), dist.one_process_group():
         hydra_task()
     if len(JOBS.jobs) > 1 and read_dist_env().is_main:
         print(JOBS.summary(), flush=True)

@@ -25,7 +25,9 @@ from harness import RESULTS, ROOT, compose  # noqa: F401  (puts the repository o
 
 import train  # noqa: E402
 from launch.env import read_dist_env  # noqa: E402
-from trainer import data, engine as eng  # noqa: E402
+from trainer import data, dist  # noqa: E402
+from trainer.checkpoint import Checkpointer  # noqa: E402
+from trainer.engine import Engine  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
 from trainer.metrics import MetricsLog  # noqa: E402
 from trainer.registry import AGG, OPTIM, PARAM, config_name  # noqa: E402
@@ -33,16 +35,21 @@ from trainer.strategy import BuildContext  # noqa: E402
 
 
 def build_trainer(cfg, run_dir: str, engine=None, corpus=None):
-    corpus = corpus or data.prepare(cfg.data, True, eng.barrier)
+    corpus = corpus or data.prepare(cfg.data, True, dist.barrier)
     ctx = BuildContext(model_size=cfg.model.size)
     param = PARAM.build(config_name(cfg.param), cfg.param, ctx)
+    agg = AGG.build(config_name(cfg.agg), cfg.agg, ctx)
     if engine is None:
         model = train.build_model(cfg, corpus.vocab_size)
         param.convert(model)
-        engine = eng.Engine(model, OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx), cfg, 1, torch.device("cpu"))
+        engine = Engine(model=model, optimizer=OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx), aggregator=agg,
+                        train=cfg.train, world_size=1, device=torch.device("cpu"))
     log = MetricsLog(run_dir, cfg.log, True, cfg.train.steps, {}, "bench")
-    agg = AGG.build(config_name(cfg.agg), cfg.agg, ctx)
-    return Trainer(cfg, engine, param, agg, corpus, 0, 1, run_dir, log), corpus
+    checkpointer = Checkpointer(engine=engine, cfg=cfg, run_dir=run_dir, vocab_size=corpus.vocab_size,
+                                tokenizer_path=corpus.tokenizer_path, strategies={"param": param, "agg": agg},
+                                rank=0, world_size=1, info=log.info)
+    return Trainer(train=cfg.train, seq_len=cfg.data.seq_len, engine=engine, param=param, data=corpus,
+                   checkpointer=checkpointer, log=log, rank=0, world_size=1), corpus
 
 
 def checkpoint_bytes(root: str) -> int:
@@ -63,8 +70,8 @@ def main(argv=None) -> dict:
                  "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1", "train.keep_last=1",
                  f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}", "run.name=bench"]
     cfg = compose(overrides)
-    eng.set_threads(args.threads)
-    eng.init_distributed(read_dist_env(), torch.device("cpu"))
+    dist.set_threads(args.threads)
+    dist.init_distributed(read_dist_env(), torch.device("cpu"))
     run_dir = os.path.join(out, "bench")
     os.makedirs(run_dir, exist_ok=True)
     trainer, corpus = build_trainer(cfg, run_dir)
@@ -77,7 +84,7 @@ def main(argv=None) -> dict:
     os.sync()  # nor the save's own writes inside the timed resumes
     report = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/checkpoint_io.py " + " ".join(argv or sys.argv[1:]),
               "size": args.size, "vocab": args.vocab, "save_s": save_s,
-              "checkpoint_bytes": checkpoint_bytes(trainer.ckpt_root), "resume_s": {}}
+              "checkpoint_bytes": checkpoint_bytes(trainer.checkpointer.root), "resume_s": {}}
     modes = args.verify if hasattr(cfg.train, "verify_checkpoint") else ["full (the only mode)"]  # an older tree
     times = {mode: [] for mode in modes}
     for _ in range(args.repeats):  # modes interleaved, so none is always the first read after the save
@@ -95,7 +102,7 @@ def main(argv=None) -> dict:
     (RESULTS / "checkpoint_io.json").write_text(json.dumps(report, indent=1))
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
-    eng.destroy()
+    dist.destroy()
     return report
 
 

@@ -1,224 +1,126 @@
-"""Atomic, verified checkpoints: <run>/checkpoints/step_XXXXXXX/.
+"""Saving and resuming a run: what each rank writes, the barriers between ranks, and which checkpoint to load.
 
-Every rank writes into a hidden temporary folder and hashes its own files while writing them (HashingFile:
-no second read); rank 0 gathers those hashes into MANIFEST.json (hashing itself only files nobody recorded)
-and renames the folder into place. A crash mid-save leaves only the temporary folder, so the last good
-checkpoint is never touched. Hashes are per 128 MiB chunk, so verifying one large file spreads over ranks
-and threads. On resume (`train.verify_checkpoint`):
+One checkpoint, <run>/checkpoints/step_XXXXXXX/, holds:
 
-- `off`: the manifest must exist (the checkpoint was sealed); nothing else is read. Free.
-- `sizes`: every file is there with its recorded size: one stat per file, milliseconds. Catches what
-  happens to sealed checkpoints in practice: a copy or sync cut short, a truncated or deleted file.
-- `full`: also every byte against its hash: reads the whole checkpoint once, shared by all ranks (about
-  1.1 GB/s per rank and thread here). Catches silent corruption (a flipped bit) as well.
-
-A checkpoint that fails is reported and skipped (never deleted). Re-saving a step that exists moves the
-old folder aside (still found by resume) until the new one is in place. A full disk mid-save stops the run
-with one line and removes the unfinished folder (`saving`).
+- engine/: DeepSpeed's files (Engine.save). engine/mp_rank_00_model_states.pt holds the model's weights
+  under "module": the one file export reads (`load_for_export`).
+- trainer.pt: rank 0's TrainState (step, tokens seen, each strategy's state_dict()).
+- trainer_rankNNNNN.pt: each rank's RNG states, and its shard of an optimizer that shards its own state.
+- config.yaml and tokenizer.model (trainer/runfiles.py), and MANIFEST.json: how the folder is staged,
+  sealed, verified and pruned is trainer/manifest.py.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
-import re
-import shutil
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from trainer import diskfull
+from trainer import dist, manifest, runfiles
+from trainer.config import Config
+from trainer.strategy import shards_own_state
 
-MANIFEST = "MANIFEST.json"
-VERIFY_MODES = ("full", "sizes", "off")
-STEP_DIR = re.compile(r"^step_(\d{7,})(\.prev)?$")
-PREV = ".prev"  # a replaced checkpoint, kept (and resumable) until its successor is in place
-CHUNK = 1 << 27  # bytes per hash: a 7B model's 84 GB file is ~630 units that ranks and threads share
-MAX_HASH_THREADS = 4  # hashlib and file reads release the GIL; more threads than this process's CPUs only contend
+ENGINE_TAG = "engine"  # DeepSpeed writes its files into <checkpoint>/<tag>/
+MODEL_FILE = os.path.join(ENGINE_TAG, "mp_rank_00_model_states.pt")  # DeepSpeed's name for model-parallel rank 0
 
 
-def step_dir(root: str, step: int) -> str:
-    return os.path.join(root, f"step_{step:07d}")
+@dataclass
+class TrainState:
+    """Everything besides the engine that a resumed run needs to continue identically."""
+
+    step: int = 0  # optimizer steps done; also the data position (batches are a function of it)
+    tokens_seen: int = 0
+    first_val_loss: float | None = None  # at step 0, for the closing summary
+    strategies: dict = field(default_factory=dict)
 
 
-def tmp_dir(root: str, step: int) -> str:
-    return os.path.join(root, f".tmp-step_{step:07d}")
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-# --- writing: hash while writing --------------------------------------------------------------------
-class HashingFile:
-    """A write-only file that hashes the bytes passing through it, chunk by chunk, in a second thread while
-    the main one writes them."""
+class Checkpointer:
+    """Saves and resumes the run's checkpoints, on every rank together: `engine` is trainer/engine.py's Engine,
+    `strategies` the param and agg strategies whose state_dict() rides in trainer.pt, `cfg` the whole run
+    config (a checkpoint carries its own config.yaml)."""
 
-    def __init__(self, path: str):
-        self.file, self.pool = open(path, "wb"), ThreadPoolExecutor(1)
-        self.hashes, self.current, self.in_chunk, self.size = [], hashlib.sha256(), 0, 0
+    def __init__(self, *, engine, cfg: Config, run_dir: str, vocab_size: int, tokenizer_path: str,
+                 strategies: dict[str, Stateful], rank: int, world_size: int, info: Callable[[str], None] = print):
+        self.engine, self.cfg, self.run_dir, self.strategies = engine, cfg, run_dir, strategies
+        self.vocab_size, self.tokenizer_path = vocab_size, tokenizer_path
+        self.rank, self.world_size, self.info = rank, world_size, info
+        self.root = os.path.join(run_dir, "checkpoints")
 
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        pending = self.pool.submit(self._hash, view)
-        self.file.write(view)
-        pending.result()  # torch may reuse the buffer once write returns
-        return view.nbytes
+    def save(self, state: TrainState) -> None:
+        """Every rank writes and hashes its own files; rank 0 seals the checkpoint with their hashes. A full
+        disk stops the run with one line, the unfinished folder removed (manifest.saving)."""
+        with manifest.saving(self.root, state.step) as tmp:
+            self._write(state, tmp)
 
-    def _hash(self, view: memoryview) -> None:
-        while view.nbytes:
-            take = min(view.nbytes, CHUNK - self.in_chunk)
-            self.current.update(view[:take])
-            self.in_chunk, self.size, view = self.in_chunk + take, self.size + take, view[take:]
-            if self.in_chunk == CHUNK:
-                self.hashes.append(self.current.hexdigest())
-                self.current, self.in_chunk = hashlib.sha256(), 0
+    def _write(self, state: TrainState, tmp: str) -> None:
+        os.makedirs(tmp, exist_ok=True)
+        dist.barrier()
+        state.strategies = {name: strategy.state_dict() for name, strategy in self.strategies.items()}
+        written = self.engine.save(tmp, ENGINE_TAG)
+        rank_state = {"rng": rng_state()}
+        if shards_own_state(self.engine.client_optimizer):
+            # DeepSpeed saves rank 0's copy of the optimizer state, which here holds rank 0's parameters only:
+            # each rank writes the state of the parameters it owns into its own file.
+            rank_state["optimizer"] = self.engine.client_optimizer.state_dict()
+        written[os.path.basename(rank_file(tmp, self.rank))] = manifest.save_object(rank_state, rank_file(tmp, self.rank))
+        if self.rank == 0:
+            written[os.path.basename(shared_file(tmp))] = manifest.save_object(asdict(state), shared_file(tmp))
+            runfiles.save_into_checkpoint(tmp, self.run_dir, self.cfg, self.vocab_size, self.tokenizer_path)
+        everyone = dist.gather_object(written)  # also the barrier: rank 0 goes on once every rank has written
+        if self.rank == 0:
+            manifest.publish(self.root, state.step, {k: v for files in everyone for k, v in files.items()})
+            manifest.prune(self.root, self.cfg.train.keep_last, newest=state.step)
+        dist.barrier()  # no rank goes on before the checkpoint is in place
 
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> dict:
-        """Close the file; its manifest entry."""
-        try:
-            self.file.close()  # flushes: may raise ENOSPC itself
-        finally:
-            self.pool.shutdown()
-        if self.in_chunk or not self.hashes:
-            self.hashes.append(self.current.hexdigest())
-        return {"bytes": self.size, "sha256_chunks": self.hashes}
-
-
-def save_object(obj, path: str, zipfile: bool = True) -> dict:
-    """torch.save through a HashingFile; returns the file's manifest entry."""
-    f = HashingFile(path)
-    try:
-        torch.save(obj, f, _use_new_zipfile_serialization=zipfile)
-    finally:
-        entry = f.close()
-    return entry
-
-
-def hash_file(path: str) -> dict:
-    """The manifest entry of a file already on disk (for files no rank recorded while writing)."""
-    size = os.path.getsize(path)
-    starts = range(0, max(size, 1), CHUNK)
-    return {"bytes": size, "sha256_chunks": [_hash_range(path, start, min(CHUNK, size - start)) for start in starts]}
-
-
-def _hash_range(path: str, start: int, length: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(start)
-        while length > 0 and (block := f.read(min(length, 1 << 22))):
-            h.update(block)
-            length -= len(block)
-    return h.hexdigest()
+    def resume(self, path: str | None = None) -> TrainState | None:
+        """Load `path` (already verified), else the checkpoint train.resume picks, if any (None: nothing to
+        resume). Restores the engine, this rank's optimizer shard and RNG states, and the strategies."""
+        if path is None:
+            mode = self.cfg.train.verify_checkpoint
+            path = find_resume(self.root, self.cfg.train.resume, self.info,
+                               lambda p: verify_shared(p, mode, self.rank, self.world_size))
+            path = dist.broadcast_object(path)  # rank 0's answer, should a rank have seen another folder listing
+        if path is None:
+            return None
+        shared = load_file(shared_file(path))
+        rank_state = load_file(rank_file(path, self.rank))
+        self.engine.load(path, ENGINE_TAG)
+        if "optimizer" in rank_state:  # this rank's shard (see _write)
+            self.engine.client_optimizer.load_state_dict(rank_state["optimizer"])
+        state = TrainState(**shared)
+        for name, strategy in self.strategies.items():
+            strategy.load_state_dict(state.strategies.get(name, {}))
+        set_rng_state(rank_state["rng"])
+        self.info(f"resumed from {path} at step {state.step}")
+        return state
 
 
-def write_manifest(directory: str, step: int, recorded: dict[str, dict] | None = None) -> None:
-    """Seal `directory`: every file's entry, from `recorded` (relative path -> entry) or hashed here."""
-    recorded, files = recorded or {}, {}
-    for base, _, names in os.walk(directory):
-        for name in names:
-            rel = os.path.relpath(os.path.join(base, name), directory)
-            files[rel] = recorded.get(rel) or hash_file(os.path.join(directory, rel))
-    tmp = os.path.join(directory, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"step": step, "chunk_bytes": CHUNK, "files": files}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(directory, MANIFEST))
-
-
-@contextmanager
-def saving(root: str, step: int):
-    """Around one save, on every rank: a full disk stops the run with one line (diskfull) after removing the
-    unfinished folder, so no half-written step is ever published and the earlier checkpoints stay as they were."""
-    tmp = tmp_dir(root, step)
-    doing = f"saving the checkpoint of step {step} (its unfinished folder was removed; earlier checkpoints are intact)"
-    with diskfull.stops_the_run(tmp, doing, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
-        yield tmp
-
-
-def publish(root: str, step: int, recorded: dict[str, dict] | None = None) -> str:
-    """Rank 0: seal the temporary folder with a manifest and move it into place. A checkpoint already at this
-    step (a re-save after falling back past a corrupt one) is moved aside first and deleted only once the new
-    one is in place, so a resumable checkpoint exists at every moment."""
-    src, dst = tmp_dir(root, step), step_dir(root, step)
-    write_manifest(src, step, recorded)
-    if not os.path.exists(dst):
-        os.replace(src, dst)
-        return dst
-    aside = dst + PREV
-    if os.path.exists(aside):
-        shutil.rmtree(aside)  # left by a crash after the swap below: dst is its successor
-    os.replace(dst, aside)
-    os.replace(src, dst)
-    shutil.rmtree(aside)
-    return dst
-
-
-# --- reading: verify what resume will load -----------------------------------------------------------
-def read_manifest(directory: str) -> dict | None:
-    try:
-        with open(os.path.join(directory, MANIFEST)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _hash_units(manifest: dict) -> list[tuple[str, int, int, str]]:
-    """(file, start, length, expected sha256) for every hashed range, in a fixed order on every rank."""
-    units = []
-    for rel, meta in sorted(manifest["files"].items()):
-        if "sha256" in meta:  # a manifest written before chunked hashes: one hash of the whole file
-            units.append((rel, 0, meta["bytes"], meta["sha256"]))
-            continue
-        chunk = manifest.get("chunk_bytes", CHUNK)
-        units += [(rel, i * chunk, min(chunk, meta["bytes"] - i * chunk), h) for i, h in enumerate(meta["sha256_chunks"])]
-    return units
-
-
-def verify(directory: str, mode: str = "full", rank: int = 0, world_size: int = 1) -> str | None:
-    """None if the checkpoint passes `mode`'s checks, else why not. With world_size > 1 each rank hashes a
-    share of the bytes (`full`) and the callers combine the answers."""
-    manifest = read_manifest(directory)
-    if manifest is None:
-        return "missing or unreadable MANIFEST.json"
-    if mode == "off":
-        return None
-    for rel, meta in manifest["files"].items():
-        full = os.path.join(directory, rel)
-        if not os.path.isfile(full):
-            return f"missing file {rel}"
-        if os.path.getsize(full) != meta["bytes"]:
-            return f"{rel} has {os.path.getsize(full)} bytes, expected {meta['bytes']} (truncated?)"
-    if mode == "sizes":
-        return None
-    mine = _hash_units(manifest)[rank::world_size]
-    with ThreadPoolExecutor(max(1, min(MAX_HASH_THREADS, torch.get_num_threads()))) as pool:
-        actual = pool.map(lambda u: _hash_range(os.path.join(directory, u[0]), u[1], u[2]), mine)
-        bad = [rel for (rel, _, _, want), got in zip(mine, actual) if got != want]
-    return f"{bad[0]} does not match its checksum" if bad else None
-
-
-def list_checkpoints(root: str) -> list[tuple[int, str]]:
-    """(step, path) of every sealed checkpoint, newest first; a folder moved aside by `publish` comes right
-    after its successor (it is resumable only while a re-save of its step is under way or was cut short)."""
-    if not os.path.isdir(root):
-        return []
-    found = [(int(m.group(1)), bool(m.group(2)), os.path.join(root, name))
-             for name in os.listdir(root) if (m := STEP_DIR.match(name))]
-    return [(step, path) for step, _, path in sorted(found, key=lambda f: (-f[0], f[1]))]
+def verify_shared(path: str, mode: str, rank: int, world_size: int) -> str | None:
+    """train.verify_checkpoint's checks of one checkpoint, as a collective of every rank. Each rank hashes
+    every world_size-th chunk, so a `full` check reads the checkpoint once in all rather than once per rank;
+    gathering the answers gives every rank the same verdict."""
+    problems = dist.all_gather_object(manifest.verify(path, mode, rank, world_size))
+    return next((p for p in problems if p), None)
 
 
 def check_resume_arg(resume: str) -> None:
     """Fail at start-up, before any expensive work, on an explicit checkpoint that cannot be used (the cheap
     `sizes` checks: the full ones run once the processes can share them)."""
     if resume not in ("auto", "never"):
-        find_resume("", resume, print, lambda path: verify(path, "sizes"))
+        find_resume("", resume, print, lambda path: manifest.verify(path, "sizes"))
 
 
-def find_resume(root: str, resume: str, warn, check=verify) -> str | None:
+def find_resume(root: str, resume: str, warn, check=manifest.verify) -> str | None:
     """The checkpoint to resume from, per train.resume; `check(path)` says why one cannot be used (or None).
     Every rank may call this with a `check` that shares the work; all then get the same answer."""
     if resume == "never":
@@ -228,29 +130,12 @@ def find_resume(root: str, resume: str, warn, check=verify) -> str | None:
         if problem:
             raise ValueError(f"train.resume={resume!r} is not a usable checkpoint: {problem}; pick another or use train.resume=auto")
         return resume
-    for step, path in list_checkpoints(root):
+    for step, path in manifest.list_checkpoints(root):
         problem = check(path)
         if problem is None:
             return path
         warn(f"checkpoint {path} is corrupt ({problem}); falling back to an older one")
     return None
-
-
-def prune(root: str, keep_last: int, newest: int | None = None) -> None:
-    """Keep the newest `keep_last` steps up to `newest`, the step this run just saved (default: the highest
-    there), which is never deleted; steps above it are not this run's and are left alone (train.py moves an
-    earlier run's checkpoints aside at start: trainer/rundir.py). Also drops unsealed saves and folders
-    moved aside whose successor exists."""
-    checkpoints = list_checkpoints(root)
-    newest = max((step for step, _ in checkpoints), default=0) if newest is None else newest
-    keep = set(sorted({step for step, _ in checkpoints if step <= newest}, reverse=True)[:keep_last]) | {newest}
-    for step, path in checkpoints:
-        superseded = path.endswith(PREV) and os.path.isdir(step_dir(root, step))
-        if superseded or (step < newest and step not in keep):
-            shutil.rmtree(path, ignore_errors=True)
-    for name in os.listdir(root):
-        if name.startswith(".tmp-step_"):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def rng_state() -> dict:
@@ -281,3 +166,12 @@ def load_file(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a file that passed the manifest but still cannot be read
         raise ValueError(f"checkpoint file {path} cannot be read ({type(e).__name__}); resume from another with train.resume=<dir>") from None
+
+
+def load_for_export(ckpt_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """A verified checkpoint's model weights (as the converted model holds them) and each strategy's state."""
+    problem = manifest.verify(ckpt_dir)
+    if problem:
+        raise ValueError(f"checkpoint {ckpt_dir} is not usable: {problem}")
+    weights = load_file(os.path.join(ckpt_dir, MODEL_FILE))["module"]
+    return weights, load_file(shared_file(ckpt_dir)).get("strategies", {})

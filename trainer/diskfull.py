@@ -1,7 +1,7 @@
 """A full disk stops the run with one line that says so and where, instead of a traceback from deep in torch.
 
 torch.save reports a failed write as `RuntimeError: [enforce fail at inline_container.cc:...]`: with the
-OSError (ENOSPC) as its context when the file object is ours (checkpoint.HashingFile), with nothing when torch
+OSError (ENOSPC) as its context when the file object is ours (manifest.HashingFile), with nothing when torch
 opened the file itself; then the free space left on the file's disk decides.
 """
 from __future__ import annotations

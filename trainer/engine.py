@@ -1,123 +1,33 @@
-"""The one module that touches DeepSpeed and torch.distributed.
+"""The DeepSpeed engine, and the one training step it owns.
 
-Everything else gets plain tensors, a process group, or the small `Ops` object below.
+This module and trainer/dist.py (the process group and its collectives) are the only ones in `trainer/` that
+touch DeepSpeed or torch.distributed; trainer/zero_reset.py reaches into ZeRO's partitions for `Ops` alone.
+Everything else gets plain tensors, a process group, or the small `Ops` object below. The loop asks
+`Engine.step` for one optimizer step and gets its metrics back: it knows neither ZeRO stages nor when
+DeepSpeed wants `step()` called.
 """
 from __future__ import annotations
 
-import datetime
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import deepspeed
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from launch.env import DistEnv, export_torch_env
-from trainer import checkpoint, precision
-from trainer.config import Config
+from trainer import dist, manifest, precision
+from trainer.config import TrainConfig
+from trainer.strategy import Aggregator, shards_own_state, steps_in_backward
 from trainer.zero_reset import ZeroResetSteps
 
 
-def pick_device(cfg: Config, env: DistEnv) -> torch.device:
-    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
-    if use_cuda:
-        torch.cuda.set_device(env.local_rank)
-        return torch.device("cuda", env.local_rank)
-    return torch.device("cpu")
-
-
-def process_group_backend(device: torch.device) -> str:
-    """The default group's backend per tensor device (torchtitan's `cpu:gloo,cuda:nccl`): on a GPU, NCCL
-    serves CUDA tensors and gloo the host-side scalars and objects, which NCCL refuses ("No backend type
-    associated with device type cpu"). CPU runs use the same routing syntax with gloo alone."""
-    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "cpu:gloo"
-
-
-def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -> None:
-    """One process gets a world of one so every code path is the same."""
-    if dist.is_initialized():
-        return
-    export_torch_env(env)
-    deepspeed.init_distributed(dist_backend=process_group_backend(device), auto_mpi_discovery=False,
-                               timeout=datetime.timedelta(seconds=timeout_s))
-
-
-def served_devices(backend: str) -> set[str]:
-    """Device types a backend string serves: `cpu:gloo,cuda:nccl` -> {cpu, cuda}; `nccl` -> {cuda}."""
-    bare = {"nccl": "cuda", "gloo": "cpu", "mpi": "cpu"}
-    return {pair.split(":")[0] if ":" in pair else bare.get(pair, "cpu") for pair in backend.split(",")}
-
-
-def collective_device() -> torch.device:
-    """Where a host-side value must live for a collective on the default group: the CPU when a CPU backend
-    serves the group, else the current GPU (a group created with `nccl` alone, e.g. by an outside launcher)."""
-    if "cpu" in served_devices(dist.get_backend()):
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
-
-
-def _multi_process() -> bool:
-    return dist.is_initialized() and dist.get_world_size() > 1
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_max(value: float) -> float:
-    if not _multi_process():
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def all_reduce_sum(values: list[float]) -> list[float]:
-    if not _multi_process():
-        return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def broadcast_object(obj, src: int = 0):
-    if not _multi_process():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, device=collective_device())
-    return box[0]
-
-
-def gather_object(obj, dst: int = 0) -> list | None:
-    """Every rank's `obj` on rank `dst` (None elsewhere); a one-item list in a single process."""
-    if not _multi_process():
-        return [obj]
-    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
-    dist.gather_object(obj, out, dst=dst)
-    return out
-
-
-def all_gather_object(obj) -> list:
-    if not _multi_process():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def deepspeed_config(cfg: Config, world_size: int, autocast: bool) -> dict:
-    t = cfg.train
+def deepspeed_config(train: TrainConfig, world_size: int, autocast: bool) -> dict:
     return {
-        "train_batch_size": t.global_batch_size,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * world_size),
-        "zero_optimization": {"stage": t.zero_stage},
-        "gradient_clipping": t.grad_clip,
+        "train_batch_size": train.global_batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.global_batch_size // (train.micro_batch_size * world_size),
+        "zero_optimization": {"stage": train.zero_stage},
+        "gradient_clipping": train.grad_clip,
         # amp_bf16: weights and optimizer stay fp32, matmuls run in bf16 under autocast. pure_bf16: the model
         # arrives in bf16 and DeepSpeed leaves it so. DeepSpeed's own bf16 mode is never used: it flattens
         # parameters into fp32 master partitions, which shape-aware optimizers cannot use.
@@ -163,7 +73,7 @@ class Ops:
 
 
 class HashingCheckpointEngine:
-    """DeepSpeed's torch checkpoint engine, writing each file through checkpoint.save_object, so the rank
+    """DeepSpeed's torch checkpoint engine, writing each file through manifest.save_object, so the rank
     that writes a file hashes it as it goes. Other engines (decoupled, Nebula) are left alone: rank 0
     then hashes their files when it seals the checkpoint."""
 
@@ -176,45 +86,101 @@ class HashingCheckpointEngine:
     def save(self, state_dict, path: str):
         if type(self.inner).__name__ != "TorchCheckpointEngine":
             return self.inner.save(state_dict, path)
-        self.written[path] = checkpoint.save_object(state_dict, path, zipfile=self.inner.zipfile_serialization)
+        self.written[path] = manifest.save_object(state_dict, path, zipfile=self.inner.zipfile_serialization)
+
+
+# --- the three ways the optimizer steps: each says when the gradient norm can be read -------------------
+class NormBeforeStep:
+    """ZeRO-0: the client optimizer steps on whole gradients in the model's .grad (averaged by DeepSpeed's
+    all-reduce, or replaced by the aggregator's result). Read the norm before step(): DeepSpeed zeroes the
+    gradients as soon as the optimizer has stepped."""
+
+    def before(self, engine: Engine) -> float | None:
+        grads = engine.local_grads()
+        return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else 0.0
+
+    def after(self, engine: Engine, before: float | None) -> float | None:
+        return before
+
+
+class NormAfterStep:
+    """ZeRO-1/2: DeepSpeed reduces the gradients into flat per-rank partitions (the model's .grad never holds
+    the whole average) and its ZeRO optimizer computes their global norm inside step(): read it after."""
+
+    def before(self, engine: Engine) -> float | None:
+        return None
+
+    def after(self, engine: Engine, before: float | None) -> float | None:
+        norm = engine.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+
+class NormInBackward:
+    """Step in backward (trainer/strategy.py): the last backward updated each weight in its gradient hook and
+    freed the gradient at once, so none is left to measure; the optimizer summed the norm as it went."""
+
+    def before(self, engine: Engine) -> float | None:
+        return None
+
+    def after(self, engine: Engine, before: float | None) -> float | None:
+        return engine.client_optimizer.last_grad_norm
 
 
 class Engine:
-    """A DeepSpeed engine plus the few operations the loop needs."""
+    """A DeepSpeed engine that takes one optimizer step's micro-batches: accumulation, the aggregator, the
+    gradient norm and the optimizer step, whichever way the optimizer steps."""
 
     steps_in_backward = False  # the optimizer updates each weight in its gradient hook (optim/base.py)
     accumulation = 1  # micro-batches per optimizer step
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, world_size: int, device: torch.device):
-        self.precision = precision.resolve(cfg.train.precision, device.type)
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, aggregator: Aggregator,
+                 train: TrainConfig, world_size: int, device: torch.device):
+        self.precision = precision.resolve(train.precision, device.type)
         self.autocast = precision.autocast_dtype(self.precision)
-        self.client_optimizer = optimizer
-        self.steps_in_backward = getattr(optimizer, "steps_in_backward", False)
-        self.accumulation = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world_size)
+        self.client_optimizer, self.aggregator = optimizer, aggregator
+        self.steps_in_backward = steps_in_backward(optimizer)
+        self.accumulation = train.global_batch_size // (train.micro_batch_size * world_size)
+        self.world_size, self.device = world_size, device
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.ds, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size, self.autocast is not None),
+            model=model, optimizer=optimizer, config=deepspeed_config(train, world_size, self.autocast is not None),
             dist_init_required=False,
         )
+        if not aggregator.uses_engine_allreduce:
+            if self.ds.zero_optimization_stage() > 0:
+                raise ValueError("a robust agg needs train.zero_stage=0: ZeRO-1/2 reduce gradients inside backward")
+            self.ds.enable_backward_allreduce = False  # the aggregator combines the ranks' gradients instead
         if self.steps_in_backward:
             self.ds.enable_backward_allreduce = False  # each gradient is averaged in its own hook, before its update
-        self.device = device
+        self.norm = NormInBackward() if self.steps_in_backward else (
+            NormBeforeStep() if self.ds.zero_optimization_stage() == 0 else NormAfterStep())
         self.ops = Ops(self.ds, optimizer)
 
     @property
     def module(self) -> nn.Module:
         return self.ds.module
 
-    def disable_allreduce(self) -> None:
-        if self.ds.zero_optimization_stage() > 0:
-            raise ValueError("a robust agg needs train.zero_stage=0: ZeRO-1/2 reduce gradients inside backward")
-        self.ds.enable_backward_allreduce = False
-
     def set_lr_factor(self, factor: float) -> float:
         for group in self.client_optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         return self.client_optimizer.param_groups[0]["lr"]
+
+    def step(self, step: int, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        """Optimizer step `step` (0-based) over this rank's micro-batches; returns its metrics: the loss (the
+        mean over ranks), the gradient norm and the aggregator's own."""
+        losses, extra, norm = [], {}, None
+        for i, (inputs, targets) in enumerate(micro_batches):
+            losses.append(self.forward_backward(inputs, targets))
+            if i == len(micro_batches) - 1:  # the gradients are accumulated: combine and measure them
+                extra = self.maybe_aggregate(step)
+                norm = self.norm.before(self)
+            # DeepSpeed's rule: step() after every micro-batch. It counts them and steps the optimizer (then
+            # zeroes the gradients) only at the accumulation boundary; in between it returns at once.
+            self.ds.step()
+        norm = self.norm.after(self, norm)
+        loss = dist.all_reduce_sum([float(torch.stack(losses).mean())])[0] / self.world_size
+        return {"train/loss": loss, "train/grad_norm": norm, **extra}
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.steps_in_backward:  # the hooks of the step's last backward update the weights
@@ -224,26 +190,13 @@ class Engine:
         self.ds.backward(loss)
         return loss.detach()
 
+    def maybe_aggregate(self, step: int) -> dict:
+        if self.aggregator.uses_engine_allreduce:
+            return {}  # DeepSpeed averaged the gradients inside backward
+        return self.aggregator.aggregate(self.local_grads(), step)
+
     def local_grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self.module.parameters() if p.grad is not None]
-
-    @property
-    def norm_after_step(self) -> bool:
-        """Whether grad_norm() is read after step(): ZeRO-1/2 reduce at the step, a step in backward frees gradients."""
-        return self.ds.zero_optimization_stage() > 0 or self.steps_in_backward
-
-    def grad_norm(self) -> float | None:
-        """Global gradient norm; read before step() unless norm_after_step."""
-        if self.steps_in_backward:
-            return self.client_optimizer.last_grad_norm
-        if self.ds.zero_optimization_stage() == 0:
-            grads = self.local_grads()
-            return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else 0.0
-        norm = self.ds.get_global_grad_norm()
-        return None if norm is None else float(norm)
-
-    def step(self) -> None:
-        self.ds.step()
 
     @torch.no_grad()
     def eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
@@ -255,26 +208,25 @@ class Engine:
         self.ds.train()
         return float(loss), targets.numel()
 
-    # --- checkpoints -------------------------------------------------------------------------
-    def save(self, directory: str, client_state: dict) -> dict[str, dict]:
-        """Write this rank's part of the engine state; returns the manifest entries (path relative to
-        `directory` -> size and hashes) of the files this rank wrote, hashed while writing them."""
+    # --- checkpoints (trainer/checkpoint.py's Checkpointer decides where and when) ----------------
+    def save(self, directory: str, tag: str) -> dict[str, dict]:
+        """Write this rank's part of the engine state into `directory`/`tag`; returns the manifest entries
+        (path relative to `directory` -> size and hashes) of the files this rank wrote, hashed while writing."""
         if not isinstance(self.ds.checkpoint_engine, HashingCheckpointEngine):
             self.ds.checkpoint_engine = HashingCheckpointEngine(self.ds.checkpoint_engine)
         self.ds.checkpoint_engine.written = {}
-        client_state = {**client_state, "ops": self.ops.state_dict()}  # per-parameter reset steps (ZeRO-1/2)
-        self.ds.save_checkpoint(directory, tag="engine", client_state=client_state, save_latest=False)
+        client_state = {"ops": self.ops.state_dict()}  # per-parameter reset steps (ZeRO-1/2)
+        self.ds.save_checkpoint(directory, tag=tag, client_state=client_state, save_latest=False)
         return {os.path.relpath(path, directory): entry for path, entry in self.ds.checkpoint_engine.written.items()}
 
-    def load(self, directory: str) -> dict:
-        # An optimizer that shards its own state reloads each rank's shard itself (Trainer.maybe_resume).
-        sharded = getattr(self.client_optimizer, "state_is_sharded", False)
-        path, client_state = self.ds.load_checkpoint(directory, tag="engine", load_optimizer_states=not sharded,
-                                                     load_lr_scheduler_states=False)
+    def load(self, directory: str, tag: str) -> None:
+        # DeepSpeed saved rank 0's optimizer state only: one that shards its own state is reloaded per rank
+        # from the rank files instead (Checkpointer.load).
+        path, client_state = self.ds.load_checkpoint(directory, tag=tag, load_lr_scheduler_states=False,
+                                                     load_optimizer_states=not shards_own_state(self.client_optimizer))
         if path is None:
             raise ValueError(f"checkpoint {directory} has no engine state")
         self.ops.load_state_dict(client_state.pop("ops", {}))
-        return client_state
 
     # --- accounting --------------------------------------------------------------------------
     def optimizer_state_tensors(self) -> list[torch.Tensor]:
@@ -315,30 +267,3 @@ class Engine:
 
 def _dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
-
-
-_kept = 0  # > 0 while a caller keeps one process group across runs (one_process_group)
-
-
-@contextmanager
-def one_process_group():
-    """One process group for every run inside (the jobs of a `-m` sweep), destroyed on exit. A second
-    rendezvous in one process hangs under torchrun, whose agent's store keeps the first one's keys."""
-    global _kept
-    _kept += 1
-    try:
-        yield
-    finally:
-        _kept -= 1
-        destroy()
-
-
-def destroy() -> None:
-    if dist.is_initialized() and not _kept:
-        dist.destroy_process_group()
-
-
-def set_threads(num_threads: int) -> None:
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-        os.environ["OMP_NUM_THREADS"] = str(num_threads)

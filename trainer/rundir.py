@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 
-from trainer import checkpoint, engine as eng
+from trainer import checkpoint, dist, manifest
 from trainer.config import Config
 from trainer.lock import LOCK
 
@@ -31,12 +31,6 @@ PREVIOUS = "previous-"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 REWRITTEN = {"config.yaml", "tokenizer.model"}  # written afresh by every start: alone, they hold nothing to keep
-
-
-def verify_shared(path: str, mode: str, rank: int, world_size: int) -> str | None:
-    """train.verify_checkpoint's checks of one checkpoint, the hashing shared by every rank."""
-    problems = eng.all_gather_object(checkpoint.verify(path, mode, rank, world_size))
-    return next((p for p in problems if p), None)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -50,8 +44,8 @@ def earlier_files(run_dir: str, resume_from: str | None, resume: str) -> tuple[l
     if not os.path.isdir(run_dir):
         return [], ""
     if resume_from is not None and _inside(resume_from, root):
-        step = checkpoint.read_manifest(resume_from)["step"]
-        newer = [path for s, path in checkpoint.list_checkpoints(root) if s > step]
+        step = manifest.read_manifest(resume_from)["step"]
+        newer = [path for s, path in manifest.list_checkpoints(root) if s > step]
         return newer, f"this run resumes step {step}; the newer ones are not part of it"
     names = [n for n in sorted(os.listdir(run_dir)) if not (n.startswith(LOCK) or n.startswith(PREVIOUS))]
     paths = [os.path.join(run_dir, n) for n in names if resume_from is None or not _inside(resume_from, os.path.join(run_dir, n))]
@@ -104,15 +98,15 @@ def claim(run_dir: str, cfg: Config, rank: int, world_size: int, log=print) -> s
     warn = log if rank == 0 else (lambda message: None)
     mode = cfg.train.verify_checkpoint
     found = checkpoint.find_resume(os.path.join(run_dir, CHECKPOINTS), cfg.train.resume, warn,
-                                   lambda path: verify_shared(path, mode, rank, world_size))
-    found = eng.broadcast_object(found)  # rank 0's answer, should a rank have seen another folder listing
+                                   lambda path: checkpoint.verify_shared(path, mode, rank, world_size))
+    found = dist.broadcast_object(found)  # rank 0's answer, should a rank have seen another folder listing
     if rank == 0:
         paths, why = earlier_files(run_dir, found, cfg.train.resume)
         if paths:
             target = move_aside(run_dir, paths)
             shown = ", ".join(os.path.relpath(p, run_dir) for p in paths)
             log(f"run directory {run_dir}: moved an earlier run's {shown} to {target} ({why})")
-    eng.barrier()
+    dist.barrier()
     if found is not None:
         _point_tokenizer(cfg, found)
     return found

@@ -20,7 +20,7 @@ import shutil
 
 from omegaconf import OmegaConf
 
-from trainer import checkpoint
+from trainer import manifest
 from trainer.config import Config, resolve
 from trainer.registry import config_name
 
@@ -100,7 +100,7 @@ def _resume_candidate(run_dir: str, resume: str) -> str | None:
         return None
     if resume != "auto":
         return resume
-    found = checkpoint.list_checkpoints(os.path.join(run_dir, "checkpoints"))
+    found = manifest.list_checkpoints(os.path.join(run_dir, "checkpoints"))
     return found[0][1] if found else None
 
 

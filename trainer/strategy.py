@@ -10,6 +10,11 @@ Three kinds, each picked by a Hydra group and built through `trainer.registry`:
   `steps_in_backward = True`, the trainer calls `optimizer.prepare_backward(boundary)` before every
   backward pass (`boundary`: the step's last micro-batch), each parameter is updated in its gradient hook
   at the boundary and its gradient freed at once, and `optimizer.step()` does nothing.
+  An optimizer that shards its own state across the data-parallel ranks (each rank keeps the state of
+  the parameters it owns: `optim.zero=1`) sets `state_is_sharded = True`: every rank's `state_dict()` is
+  then saved in that rank's own checkpoint file, and DeepSpeed's copy of the optimizer state (rank 0's
+  alone) is neither saved for it nor loaded. `steps_in_backward()` and `shards_own_state()` below read
+  these two declarations, with their defaults for an optimizer that has neither.
 - `Aggregator` (`agg=`): combines the data-parallel workers' gradients. `mean` keeps
   DeepSpeed's own all-reduce; any other aggregator gets the local gradients instead.
 
@@ -104,3 +109,13 @@ class Aggregator:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def steps_in_backward(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer updates each weight in its gradient hook (the module docstring's contract)."""
+    return bool(getattr(optimizer, "steps_in_backward", False))
+
+
+def shards_own_state(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether each rank holds only its own share of the optimizer state (the module docstring's contract)."""
+    return bool(getattr(optimizer, "state_is_sharded", False))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[2])  # the repository, as for train.py
 
-from trainer import checkpoint  # noqa: E402
+from trainer import manifest  # noqa: E402
 
 FULL_AT = f".tmp-step_{int(sys.argv.pop(1)):07d}"
-real_write = checkpoint.HashingFile.write
+real_write = manifest.HashingFile.write
 
 
 def write(self, data):
@@ -24,7 +24,7 @@ def write(self, data):
     return real_write(self, data)
 
 
-checkpoint.HashingFile.write = write
+manifest.HashingFile.write = write
 
 if __name__ == "__main__":
     import runpy

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from trainer import checkpoint, diskfull
+from trainer import diskfull, manifest
 
 
 def enospc():
@@ -73,11 +73,11 @@ def test_other_errors_pass_through_without_cleanup(tmp_path):
 
 
 def test_a_save_that_fills_the_disk_publishes_nothing(tmp_path, monkeypatch):
-    """checkpoint.saving around a save whose writes fail: one line, the unfinished folder gone."""
+    """manifest.saving around a save whose writes fail: one line, the unfinished folder gone."""
     root = tmp_path / "checkpoints"
-    monkeypatch.setattr(checkpoint.HashingFile, "write", lambda self, data: FullDisk().write(data))
+    monkeypatch.setattr(manifest.HashingFile, "write", lambda self, data: FullDisk().write(data))
     with pytest.raises(ValueError, match=r"disk full .*\.tmp-step_0000003 while saving the checkpoint of step 3"):
-        with checkpoint.saving(str(root), 3) as tmp:
+        with manifest.saving(str(root), 3) as tmp:
             os.makedirs(tmp)
-            checkpoint.save_object({"x": torch.zeros(10)}, os.path.join(tmp, "trainer.pt"))
+            manifest.save_object({"x": torch.zeros(10)}, os.path.join(tmp, "trainer.pt"))
     assert os.listdir(root) == []

@@ -4,16 +4,16 @@ import torch
 import torch.distributed as dist
 
 from launch.env import DistEnv
-from trainer import engine as eng
+from trainer import dist as tdist
 
 
 def backend_init_picks(monkeypatch, device: torch.device) -> str:
     """The backend string init_distributed hands DeepSpeed for this device (nothing is started)."""
     seen = {}
-    monkeypatch.setattr(eng.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(eng, "export_torch_env", lambda env: None)
-    monkeypatch.setattr(eng.deepspeed, "init_distributed", lambda dist_backend, **kw: seen.setdefault("backend", dist_backend))
-    eng.init_distributed(DistEnv(0, 0, 2, "127.0.0.1", 29500, "torchrun", None), device)
+    monkeypatch.setattr(tdist.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "export_torch_env", lambda env: None)
+    monkeypatch.setattr(tdist.deepspeed, "init_distributed", lambda dist_backend, **kw: seen.setdefault("backend", dist_backend))
+    tdist.init_distributed(DistEnv(0, 0, 2, "127.0.0.1", 29500, "torchrun", None), device)
     return seen["backend"]
 
 
@@ -48,18 +48,18 @@ class Recorder:
 
 
 def run_every_collective() -> None:
-    eng.all_reduce_max(1.0)
-    eng.all_reduce_sum([1.0, 2.0])
-    eng.broadcast_object("path")
-    eng.gather_object({"a": 1})
-    eng.all_gather_object(None)
+    tdist.all_reduce_max(1.0)
+    tdist.all_reduce_sum([1.0, 2.0])
+    tdist.broadcast_object("path")
+    tdist.gather_object({"a": 1})
+    tdist.all_gather_object(None)
 
 
 def run_the_loop_collectives() -> None:
     """The three the training loop has always used (an older engine has only these)."""
-    eng.all_reduce_max(1.0)
-    eng.all_reduce_sum([1.0, 2.0])
-    eng.broadcast_object("path")
+    tdist.all_reduce_max(1.0)
+    tdist.all_reduce_sum([1.0, 2.0])
+    tdist.broadcast_object("path")
 
 
 def test_collectives_on_a_gpu_run_only_reach_devices_their_backend_serves(monkeypatch):
@@ -87,13 +87,13 @@ def test_host_values_go_where_the_group_serves_them(monkeypatch, backend, device
     """A group someone else created with `nccl` alone gets its scalars on the GPU instead."""
     monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert eng.collective_device() == device
+    assert tdist.collective_device() == device
 
 
 @pytest.mark.parametrize("backend, devices", [("nccl", {"cuda"}), ("gloo", {"cpu"}), ("cpu:gloo", {"cpu"}),
                                               ("cpu:gloo,cuda:nccl", {"cpu", "cuda"})])
 def test_served_devices(backend, devices):
-    assert eng.served_devices(backend) == served(backend) == devices
+    assert tdist.served_devices(backend) == served(backend) == devices
 
 
 # --- one meaning of "reset optimizer state" at every ZeRO stage ---------------------------------------

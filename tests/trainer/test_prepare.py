@@ -40,9 +40,9 @@ def test_bad_arguments_are_one_line(args, message, capsys):
 SLOW_START = """
 import sys, time
 sys.path.insert(0, {root!r})
-from trainer import data, engine
-init = engine.init_distributed
-engine.init_distributed = lambda env, device, timeout_s=600: init(env, device, timeout_s={timeout})
+from trainer import data, dist
+init = dist.init_distributed
+dist.init_distributed = lambda env, device, timeout_s=600: init(env, device, timeout_s={timeout})
 tokenize = data.tokenize_corpus
 def slow_tokenize(*args, **kwargs):
     time.sleep({delay})  # a corpus that takes longer to tokenize than the process group's timeout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import checkpoint, rundir
+from trainer import manifest, rundir
 
 
 def contents(root: Path) -> dict[str, str]:
@@ -23,11 +23,11 @@ def previous_dirs(run_dir: Path) -> list[Path]:
 def sealed(run_dir: Path, step: int) -> str:
     """A small sealed checkpoint of `step` in run_dir/checkpoints (with its own tokenizer)."""
     root = run_dir / "checkpoints"
-    tmp = Path(checkpoint.tmp_dir(str(root), step))
+    tmp = Path(manifest.tmp_dir(str(root), step))
     tmp.mkdir(parents=True)
     (tmp / "trainer.pt").write_bytes(f"state {step}".encode())
     (tmp / "tokenizer.model").write_bytes(b"tokenizer")
-    return checkpoint.publish(str(root), step)
+    return manifest.publish(str(root), step)
 
 
 @pytest.fixture
@@ -83,8 +83,8 @@ def test_a_resume_from_an_older_step_moves_the_newer_checkpoints_aside(tmp_path,
     found, lines = claim(tmp_path, cfg, older)
     [previous] = previous_dirs(tmp_path)
     assert found == older and "resumes step 2" in lines[0] and "step_0000004" in lines[0]
-    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path / "checkpoints"))] == [2]
-    assert [s for s, _ in checkpoint.list_checkpoints(str(previous / "checkpoints"))] == [4, 3]
+    assert [s for s, _ in manifest.list_checkpoints(str(tmp_path / "checkpoints"))] == [2]
+    assert [s for s, _ in manifest.list_checkpoints(str(previous / "checkpoints"))] == [4, 3]
     assert contents(previous)["metrics.jsonl"] == before["metrics.jsonl"]  # the resumed run trims its own copy
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import FAST, ROOT, cache_dir, run_train, train_env
 from tests.trainer.test_rundir import contents, previous_dirs
-from trainer import checkpoint
+from trainer import checkpoint, manifest
 
 
 EARLIER = ["train.steps=4", "train.save_every=1"]  # an earlier run that leaves step_3 and step_4 (keep_last=2)
@@ -35,7 +35,7 @@ def used_directory(tmp_path, earlier_run) -> Path:
 
 
 def steps(run_dir: Path) -> list[int]:
-    return [s for s, _ in checkpoint.list_checkpoints(str(run_dir / "checkpoints"))]
+    return [s for s, _ in manifest.list_checkpoints(str(run_dir / "checkpoints"))]
 
 
 def resumed_by_next_start(run_dir: Path) -> str | None:
@@ -167,7 +167,7 @@ def case_disk_full_on_a_small_tmpfs(tmp_path, earlier_run):
     assert "disk full" in one_error_line(result[4]) and "metrics.jsonl" in one_error_line(result[4])
     run_dir = snap / "x"
     assert os.listdir(run_dir / "checkpoints") == ["step_0000001"] and not (run_dir / ".lock").exists()
-    assert checkpoint.verify(str(run_dir / "checkpoints" / "step_0000001")) is None
+    assert manifest.verify(str(run_dir / "checkpoints" / "step_0000001")) is None
     assert contents(run_dir / "checkpoints") == contents(tmp_path / "snapshot-after" / "x" / "checkpoints")
 
 

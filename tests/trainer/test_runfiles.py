@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from tests.helpers import losses_by_step, metrics, run_train
-from trainer import export, runfiles
+from tools import export
+from trainer import runfiles
 
 
 def tree_digest(root) -> dict:

@@ -7,7 +7,8 @@ import sentencepiece as spm
 import torch
 
 from tests.helpers import run_train
-from trainer import corpus, export, hf_export
+from tools import export
+from trainer import corpus, hf_export
 from trainer.config import DataConfig
 from trainer.registry import PARAM
 

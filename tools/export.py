@@ -1,7 +1,7 @@
 """Export a checkpoint as a Hugging Face LLaMA (default) or a plain dense state dict.
 
-    python -m trainer.export runs/my-run/checkpoints/step_0001000 --out my-model      # transformers directory
-    python -m trainer.export runs/my-run/checkpoints/step_0001000 --format pt         # <checkpoint>/dense.pt
+    python -m tools.export runs/my-run/checkpoints/step_0001000 --out my-model      # transformers directory
+    python -m tools.export runs/my-run/checkpoints/step_0001000 --format pt         # <checkpoint>/dense.pt
 
 The checkpoint's own config.yaml says which `param` strategy held the weights; that strategy's
 `export_dense` merges its layers, and the result is loaded into an unconverted `Llama` (strictly: every
@@ -27,8 +27,6 @@ from trainer.config import Config
 from trainer.registry import PARAM, config_name
 from trainer.strategy import BuildContext
 
-MODEL_FILE = os.path.join("engine", "mp_rank_00_model_states.pt")
-
 
 def run_config(ckpt_dir: str) -> Config:
     return runfiles.checkpoint_config(ckpt_dir)
@@ -41,17 +39,13 @@ def load_converted(ckpt_dir: str):
 
 
 def _load(ckpt_dir: str):
-    problem = checkpoint.verify(ckpt_dir)
-    if problem:
-        raise ValueError(f"checkpoint {ckpt_dir} is not usable: {problem}")
+    weights, states = checkpoint.load_for_export(ckpt_dir)
     cfg = run_config(ckpt_dir)
-    weights = checkpoint.load_file(os.path.join(ckpt_dir, MODEL_FILE))["module"]
-    shared = checkpoint.load_file(checkpoint.shared_file(ckpt_dir))
     model = Llama(shape_for(cfg.model.size), weights["embed.weight"].shape[0], cfg.model.max_seq_len, "sdpa")
     strategy = PARAM.build(config_name(cfg.param), cfg.param, BuildContext(model_size=cfg.model.size, seed=cfg.train.seed))
     strategy.convert(model)
     model.load_state_dict(weights)
-    strategy.load_state_dict(shared.get("strategies", {}).get("param", {}))
+    strategy.load_state_dict(states.get("param", {}))
     return model, strategy, cfg, weights["embed.weight"].dtype
 
 
