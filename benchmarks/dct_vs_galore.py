@@ -1,6 +1,6 @@
 """Optimizer step cost of dct_adamw against the published GaLore (galore-torch), same process, same matrices.
 
-    python benchmarks/dct_vs_galore.py [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1] [--all]
+    python -m benchmarks dct_vs_galore [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1] [--all]
 
 The matrices are the seven projections of every block of the model size (130m: twelve blocks, 84 matrices),
 all projected, with fixed random gradients. Each optimizer runs with the same update gap, so steps
@@ -8,25 +8,19 @@ all projected, with fixed random gradients. Each optimizer runs with the same up
 the others are steady steps. The optimizers step in alternation so both see the same machine load, and each
 ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels slow drifts of a
 shared machine's load. Step 0 (which also allocates the state) is not timed into the refresh median.
-Prints median times, state bytes and the ratios; writes benchmarks/results/dct_vs_galore.json.
+Prints median times, state bytes and the ratios; writes <out>.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models import LLAMA_SIZES  # noqa: E402
-from optim import projectors  # noqa: E402
-from optim.lowrank_adam import LowRankAdamW  # noqa: E402
+from benchmarks.harness import command, parser, state_tensors, tensor_bytes, write_json
+from models import LLAMA_SIZES
+from optim import projectors
+from optim.lowrank_adam import LowRankAdamW
 
 
 def block_shapes(size: str) -> list[tuple[int, int]]:
@@ -37,20 +31,12 @@ def block_shapes(size: str) -> list[tuple[int, int]]:
 
 
 def state_bytes(optimizer) -> int:
-    total = 0
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-            elif hasattr(value, "ortho_matrix"):  # galore-torch keeps P inside a Python projector object
-                ortho = value.ortho_matrix
-                for t in ortho if isinstance(ortho, list) else [ortho]:
-                    total += t.numel() * t.element_size()
-    return total
+    """galore-torch keeps P inside a Python projector object: state_tensors finds it there."""
+    return tensor_bytes(t for state in optimizer.state.values() for v in state.values() for t in state_tensors(v))
 
 
 def basis_cache_bytes() -> int:
-    return sum(t.numel() * t.element_size() for t in projectors._CACHE.values())
+    return tensor_bytes(projectors._CACHE.values())
 
 
 def make_optimizers(shapes, grads, args) -> dict:
@@ -77,7 +63,7 @@ def make_optimizers(shapes, grads, args) -> dict:
     return opts
 
 
-def run(args) -> dict:
+def run(args, argv) -> dict:
     torch.set_num_threads(args.threads)
     shapes = block_shapes(args.size)
     gen = torch.Generator().manual_seed(1)
@@ -112,7 +98,7 @@ def run(args) -> dict:
 
     ratios = {"refresh_time": paired("refresh"), "steady_time": paired("steady"),
               "state_bytes": (dct["state_bytes"] + dct["basis_cache_bytes"]) / galore["state_bytes"]}
-    return {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "threads": args.threads, "size": args.size,
+    return {"command": command("dct_vs_galore", argv), "threads": args.threads, "size": args.size,
             "rank": args.rank, "gap": args.gap, "num_matrices": len(shapes), "torch": torch.__version__, "rows": rows,
             "ratios_dct_over_galore_torch": ratios, "targets": {"refresh_time": 0.1, "steady_time": 1.0, "state_bytes": 0.7}}
 
@@ -132,24 +118,20 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
-    parser.add_argument("--rank", type=int, default=256)
-    parser.add_argument("--gap", type=int, default=5, help="update gap: steps 0, gap, 2 gap, ... refresh")
-    parser.add_argument("--steps", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--all", action="store_true", help="also our svd projector and the matmul (non-FFT) DCT refresh")
-    args = parser.parse_args(argv)
+def main(argv=None) -> dict:
+    p = parser(__doc__, "dct_vs_galore")
+    p.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
+    p.add_argument("--rank", type=int, default=256)
+    p.add_argument("--gap", type=int, default=5, help="update gap: steps 0, gap, 2 gap, ... refresh")
+    p.add_argument("--steps", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--all", action="store_true", help="also our svd projector and the matmul (non-FFT) DCT refresh")
+    args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
-        parser.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
-    report = run(args)
-    out = ROOT / "benchmarks" / "results" / "dct_vs_galore.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+        p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
+    report = run(args, argv)
+    write_json(args, report)
     print(table(report))
-    print(f"(state MiB of dct_adamw includes its shared basis cache: {report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
-
-
-if __name__ == "__main__":
-    main()
+    print(f"(state MiB of dct_adamw includes its shared basis cache: "
+          f"{report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
+    return report
