@@ -63,59 +63,46 @@ def make_optimizers(shapes, grads, args) -> dict:
     return opts
 
 
+def time_steps(opts: dict, args) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each optimizer's steps, refresh and steady apart; the optimizers alternate within a step."""
+    times = {name: {"refresh": [], "steady": []} for name in opts}
+    for step in range(args.steps):
+        kind = "refresh" if step % args.gap == 0 else "steady"
+        # The full-rank reference needs only a few steady steps.
+        active = [n for n in opts if not (n.startswith("adamw") and step >= args.gap + 2)]
+        for name in active:
+            start = time.perf_counter()
+            opts[name].step()
+            times[name][kind].append(time.perf_counter() - start)
+        print(f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active), flush=True)
+    return times
+
+
 def run(args, argv) -> dict:
     torch.set_num_threads(args.threads)
     shapes = block_shapes(args.size)
     gen = torch.Generator().manual_seed(1)
-    grads = [torch.randn(*s, generator=gen) for s in shapes]
-    opts = make_optimizers(shapes, grads, args)
-    times: dict[str, dict[str, list[float]]] = {name: {"refresh": [], "steady": []} for name in opts}
-    for step in range(args.steps):
-        kind = "refresh" if step % args.gap == 0 else "steady"
-        for name, opt in opts.items():
-            if name.startswith("adamw") and step >= args.gap + 2:
-                continue  # the full-rank reference needs only a few steady steps
-            start = time.perf_counter()
-            opt.step()
-            times[name][kind].append(time.perf_counter() - start)
-        done = [n for n in opts if times[n][kind] and not (n.startswith("adamw") and step >= args.gap + 2)]
-        print(f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in done), flush=True)
-    rows = {}
+    opts = make_optimizers(shapes, [torch.randn(*s, generator=gen) for s in shapes], args)
+    times, rows = time_steps(opts, args), {}
     for name, opt in opts.items():
         refresh = times[name]["refresh"][1:] or times[name]["refresh"]  # step 0 also allocates the state
-        extra = basis_cache_bytes() if name.startswith("dct") else 0
         rows[name] = {"refresh_ms_median": 1e3 * statistics.median(refresh) if not name.startswith("adamw") else None,
                       "steady_ms_median": 1e3 * statistics.median(times[name]["steady"]),
-                      "state_bytes": state_bytes(opt), "basis_cache_bytes": extra,
+                      "state_bytes": state_bytes(opt), "basis_cache_bytes": basis_cache_bytes() * name.startswith("dct"),
                       "refresh_samples_ms": [1e3 * t for t in times[name]["refresh"]],
                       "steady_samples_ms": [1e3 * t for t in times[name]["steady"]]}
     dct, galore = rows["dct_adamw"], rows["galore_torch"]
 
     def paired(kind: str) -> float:
-        pairs = list(zip(dct[f"{kind}_samples_ms"], galore[f"{kind}_samples_ms"]))
-        pairs = pairs[1:] if kind == "refresh" else pairs
+        """The median over steps of (DCT time / GaLore time) in the same step: robust to drifting load."""
+        pairs = list(zip(dct[f"{kind}_samples_ms"], galore[f"{kind}_samples_ms"]))[kind == "refresh":]
         return statistics.median(a / b for a, b in pairs)
 
     ratios = {"refresh_time": paired("refresh"), "steady_time": paired("steady"),
               "state_bytes": (dct["state_bytes"] + dct["basis_cache_bytes"]) / galore["state_bytes"]}
-    return {"command": command("dct_vs_galore", argv), "threads": args.threads, "size": args.size,
-            "rank": args.rank, "gap": args.gap, "num_matrices": len(shapes), "torch": torch.__version__, "rows": rows,
+    return {"command": command("dct_vs_galore", argv), "threads": args.threads, "size": args.size, "rank": args.rank,
+            "gap": args.gap, "num_matrices": len(shapes), "torch": torch.__version__, "rows": rows,
             "ratios_dct_over_galore_torch": ratios, "targets": {"refresh_time": 0.1, "steady_time": 1.0, "state_bytes": 0.7}}
-
-
-def table(report: dict) -> str:
-    lines = [f"{'optimizer':<28} {'refresh ms':>11} {'steady ms':>10} {'state MiB':>10}"]
-    for name, r in report["rows"].items():
-        refresh = f"{r['refresh_ms_median']:.0f}" if r["refresh_ms_median"] is not None else "-"
-        state = (r["state_bytes"] + r["basis_cache_bytes"]) / 2**20
-        lines.append(f"{name:<28} {refresh:>11} {r['steady_ms_median']:>10.0f} {state:>10.1f}")
-    lines.append("")
-    lines.append(f"{'ratio dct_adamw / galore_torch':<32} {'measured':>9} {'target':>8}")
-    lines.append("(time ratios: the median over steps of the two optimizers' times in the same step)")
-    for key, value in report["ratios_dct_over_galore_torch"].items():
-        target = report["targets"][key]
-        lines.append(f"{key:<32} {value:>9.3f} {'<= ' + str(target):>8} {'met' if value <= target else 'NOT met'}")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -131,7 +118,7 @@ def main(argv=None) -> dict:
         p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
     report = run(args, argv)
     write_json(args, report)
-    print(table(report))
-    print(f"(state MiB of dct_adamw includes its shared basis cache: "
-          f"{report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
+    from benchmarks.report import dct_section
+
+    print(dct_section(report) + f"(dct_adamw's shared basis cache: {report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
     return report

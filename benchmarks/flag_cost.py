@@ -97,7 +97,3 @@ def main(argv=None) -> dict:
               "ratios": ratios, "table": lines}
     write_json(args, report)
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -20,12 +20,10 @@ equally good flag, and no flag-based aggregate can single the attacker out.
 from __future__ import annotations
 
 import math
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.harness import ROOT, parser, read_metrics, relative, train_command, train_env, write_json
+from benchmarks.harness import parser, read_metrics, relative, run_train, write_json
 
 ATTACKS = ["sign_flip", "gaussian", "uniform_random", "alie", "fall_of_empires", "zero", "nan"]
 AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 1) / 2)
@@ -76,16 +74,14 @@ def logged_median(run_dir: Path, key: str) -> float | None:
 
 
 def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -> dict:
-    start = time.perf_counter()
-    cmd = train_command([*base_overrides(args, out_dir, cache), f"run.name={name}", *overrides], args.nproc)
-    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True)
+    proc, wall = run_train([*base_overrides(args, out_dir, cache), f"run.name={name}", *overrides], args.nproc)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     run_dir = out_dir / name
     weights = [logged_median(run_dir, f"agg/weight_rank{r}") for r in byzantine_ranks(args)]
     result = {"val_loss": final_val_loss(run_dir), "byzantine_weights": weights,
               "byzantine_weight": max(weights) if None not in weights else None,
-              "mean_cosine": logged_median(run_dir, "agg/mean_cosine"), "wall_s": time.perf_counter() - start}
+              "mean_cosine": logged_median(run_dir, "agg/mean_cosine"), "wall_s": wall}
     print(f"  {name:<32} val loss {result['val_loss']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
     return result
 

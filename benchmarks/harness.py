@@ -1,8 +1,6 @@
 """The one harness every benchmark uses: build any param x optim combination the way train.py does (Hydra config
 -> registries), time steps (interleaved medians), measure memory, write JSON and plots, start train.py as a user
-would (one process or torchrun) and run functions in gloo process groups.
-
-Strategies are looked up by name only; nothing here knows a method.
+would (one process or torchrun) and run functions in gloo process groups. Strategies are looked up by name only.
 """
 from __future__ import annotations
 
@@ -13,9 +11,11 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import namedtuple
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ import agg  # noqa: E402,F401  (registers strategies)
 import optim  # noqa: E402,F401
 import param  # noqa: E402,F401
 from models import Llama, projection_modules, shape_for  # noqa: E402
+from trainer.compile import maybe_compile  # noqa: E402
 from trainer.config import Config, resolve  # noqa: E402
 from trainer.metrics import tensor_bytes  # noqa: E402
 from trainer.registry import OPTIM, PARAM, config_name  # noqa: E402
@@ -39,7 +40,6 @@ PARAMS = ["full", "sltrain", "lowrank", "sst"]
 OPTIMS = ["adamw", "dct_adamw", "galore_adamw", "galore_torch"]
 
 
-# --- command line and results ---------------------------------------------------------------------------------
 def parser(doc: str, out: str | None) -> argparse.ArgumentParser:
     """A benchmark's parser with the options every benchmark shares: where its JSON goes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,7 +82,15 @@ def pyplot():
     return plt
 
 
-# --- building -------------------------------------------------------------------------------------------------
+def stacked_bars(ax, labels: list[str], parts: dict[str, list[float]], horizontal: bool = False) -> None:
+    """One bar per label, its parts stacked in order (a step's memory: weights, gradients, ...)."""
+    base = [0.0] * len(labels)
+    for name, vals in parts.items():
+        (ax.barh if horizontal else ax.bar)(labels, vals, **{"left" if horizontal else "bottom": base}, label=name)
+        base = [a + b for a, b in zip(base, vals)]
+    ax.legend(fontsize=8)
+
+
 def compose(overrides: list[str]) -> Config:
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
@@ -93,14 +101,7 @@ def compose(overrides: list[str]) -> Config:
         return resolve(OmegaConf.to_object(hydra_compose(config_name="config", overrides=overrides)))
 
 
-@dataclass
-class Combo:
-    """One combination a benchmark builds: its label, the two registry names, and any extra overrides."""
-
-    label: str
-    param: str
-    optim: str
-    extra: list[str] = field(default_factory=list)
+Combo = namedtuple("Combo", "label param optim extra")  # one combination: label, registry names, its overrides
 
 
 def add_combo_args(p: argparse.ArgumentParser, params=PARAMS, optims=OPTIMS) -> None:
@@ -138,6 +139,7 @@ def build(size: str, param_name: str, optim_name: str | None, extra: list[str] =
         model = Llama(shape_for(size), vocab, seq_len)
         strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
         strategy.convert(model)
+    maybe_compile(model, cfg.train.compile)  # after the conversion, as train.py
     optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx) if optim_name else None
     return Built(cfg, model, strategy, optimizer)
 
@@ -158,7 +160,6 @@ def engine_ops(b: Built, device: str = "cpu") -> None:
         b.ops = make_engine(b.model, b.optimizer, b.cfg, torch.device(device)).ops
 
 
-# --- measuring ------------------------------------------------------------------------------------------------
 def state_tensors(value) -> list[torch.Tensor]:
     """Tensors in an optimizer-state entry, including those inside helper objects (galore-torch keeps its
     projection matrix in a projector object, which a plain tensor count would miss)."""
@@ -226,6 +227,13 @@ def rss_bytes(field: str = "VmRSS") -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def timed(fn, *args, **kwargs):
+    """(fn's result, its wall seconds)."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
 def timed_round_robin(fns: dict[str, callable], repeats: int) -> dict[str, float]:
     """Median seconds of each function, calls interleaved so every one sees the same machine load (the order
     reversed every other round, so none always runs first)."""
@@ -238,7 +246,6 @@ def timed_round_robin(fns: dict[str, callable], repeats: int) -> dict[str, float
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-# --- processes ------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -259,6 +266,12 @@ def train_env(threads: int = 1) -> dict:
     for key in ("SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
+
+
+def run_train(overrides: list[str], nproc: int = 1, threads: int = 1):
+    """train.py to its end, started as a user would: (the CompletedProcess, its wall seconds)."""
+    return timed(subprocess.run, train_command(overrides, nproc), cwd=ROOT, env=train_env(threads),
+                 capture_output=True, text=True)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -20,8 +20,8 @@ import json
 import subprocess
 import sys
 
-from benchmarks.harness import PARAMS, OPTIMS, ROOT, VOCAB, add_combo_args, combos, parser, pyplot, split_overrides
-from benchmarks.harness import command, write_json
+from benchmarks.harness import ROOT, VOCAB, add_combo_args, combos, command, parser, pyplot, split_overrides
+from benchmarks.harness import stacked_bars, write_json
 
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
 
@@ -52,7 +52,7 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
 
 
 def run_child(args, size: str, combo, peak: bool) -> dict:
-    spec = [size, vars(combo), args.batch, args.seq_len, peak, args.device, args.bf16]
+    spec = [size, combo._asdict(), args.batch, args.seq_len, peak, args.device, args.bf16]
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
                           capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -97,14 +97,10 @@ def plot(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4.5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         ok = [r for r in rows if r["size"] == size and "error" not in r]
-        bottom = [0.0] * len(ok)
-        for key, color in (("weights", "tab:blue"), ("grads", "tab:orange"), ("optim_state", "tab:green")):
-            vals = [r[key] / 2**20 for r in ok]
-            ax.bar(range(len(ok)), vals, bottom=bottom, color=color, label=key)
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_xticks(range(len(ok)), [r["label"].replace("+", "\n") for r in ok], rotation=60, fontsize=7)
+        parts = {key: [r[key] / 2**20 for r in ok] for key in ("weights", "grads", "optim_state")}
+        stacked_bars(ax, [r["label"].replace("+", "\n") for r in ok], parts)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
         ax.set(title=f"{size} (fp32, vocab 32000)", ylabel="MB")
-        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -136,7 +132,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
     p.add_argument("--fit", action="store_true", help="the largest of --sizes (in order) each combination fits")
-    add_combo_args(p, PARAMS, OPTIMS)
+    add_combo_args(p)
     args = p.parse_args(options)
     rows, fits = measure(args, overrides)
     rows = sorted(with_ratios(rows), key=lambda r: args.sizes.index(r["size"]))

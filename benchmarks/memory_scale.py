@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.harness import ROOT, command, parser, pyplot, write_json
+from benchmarks.harness import ROOT, command, parser, pyplot, stacked_bars, write_json
 
 GIB = 2**30
 
@@ -70,22 +70,18 @@ def real_checks(results: dict) -> dict:
 def plot(results: dict, path: Path) -> None:
     plt = pyplot()
     setting = "7b, 1 x 256"
-    rows = {k: v for k, v in results[setting].items() if "error" not in v}
-    parts = [("weights", "weights"), ("gradients", "gradients"), ("optimizer_state", "optimizer state"),
-             ("activations", "activations + temporaries")]
+    rows = [r["bytes"] for r in results[setting].values() if "error" not in r]
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    left = [0.0] * len(rows)
-    for key, name in parts:
-        vals = [(r["bytes"][key] + (r["bytes"]["temporaries"] + r["bytes"].get("inputs", 0) if key == "activations" else 0)) / GIB
-                for r in rows.values()]
-        ax.barh(list(rows), vals, left=left, label=name)
-        left = [a + b for a, b in zip(left, vals)]
+    stacked_bars(ax, [k for k, r in results[setting].items() if "error" not in r], {
+        "weights": [b["weights"] / GIB for b in rows], "gradients": [b["gradients"] / GIB for b in rows],
+        "optimizer state": [b["optimizer_state"] / GIB for b in rows],
+        "activations + temporaries": [(b["activations"] + b["temporaries"] + b.get("inputs", 0)) / GIB for b in rows]},
+        horizontal=True)
     ax.axvline(15, color="k", ls="--", lw=1)
     ax.text(15.3, len(rows) - 0.6, "15 GiB (a 16 GB GPU)", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("peak GiB of one training step (estimated)")
     ax.set_title("LLaMA-7B, 1 x 256 tokens")
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

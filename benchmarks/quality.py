@@ -19,14 +19,12 @@ import itertools
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.harness import ROOT, command, parser, pyplot, read_metrics, relative, split_overrides
-from benchmarks.harness import train_command, train_env, write_json
+from benchmarks.harness import ROOT, command, parser, pyplot, read_metrics, relative, run_train, split_overrides
+from benchmarks.harness import write_json
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
@@ -52,10 +50,7 @@ def run_one(label: str, extra: str, args) -> dict:
     overrides = [*base_overrides(args), f"run.name={safe(label)}", *shlex.split(extra), *args.extra]
     run_dir = args.results_dir / "runs" / args.out / safe(label)
     shutil.rmtree(run_dir, ignore_errors=True)  # its own output; a fresh run would append to metrics.jsonl
-    start = time.perf_counter()
-    proc = subprocess.run(train_command(overrides, args.nproc), cwd=ROOT, env=train_env(args.threads),
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    proc, wall = run_train(overrides, args.nproc, args.threads)
     if proc.returncode != 0:
         error = f"{label}: train.py exited {proc.returncode}\n{proc.stderr[-3000:]}"
         if not args.keep_going:

@@ -266,7 +266,3 @@ Machine: {machine()}, 2 cores shared with other work (figures are medians and ra
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)
     return DOC
-
-
-if __name__ == "__main__":
-    print(write_report())

@@ -7,28 +7,23 @@
     python -m benchmarks speed --params full sst --optims adamw --batch 16 --hook-steps 1200 --out sst_throughput
     python -m benchmarks speed --device cuda --bf16 --sizes 350m 1b --out gpu   # GPU: tokens/s, MFU, peak memory
 
-All combinations are built in one process on the same model size and batch; their training steps (forward,
-backward, optimizer step, then the param strategy's step hook with the trainer's own engine ops) are timed
-interleaved, round-robin, so each sees the same machine load, and the median of --repeats samples is reported.
-A sample is --steps-per-sample training steps (per step in the table): optimizers with a periodic refresh (a
-new projection every T steps) are timed including their refreshes at the configured gap, exactly amortised
-when the sample length is a multiple of T. A strategy whose periodic work comes every few hundred steps (SST's
-resampling) is amortised with --hook-steps N instead: its hook alone is timed for steps 1..N (one whole cycle
-of its schedule), and the hook's mean minus its median per step (the periodic part; the median is in every
-timed step already) is added to the step time. Hydra overrides after `--` go to every combination. With
---compile each combination also runs with its blocks compiled as `train.compile=true` does (trainer/compile.py;
-compiled in the untimed warm-up step), and the compiled/eager ratio is written instead. On a GPU the rows
-also hold MFU (trainer/throughput.py's formula and peak table) and the allocator's peak.
+All combinations are built in one process; their training steps (forward, backward, optimizer step, then the
+param strategy's step hook with the trainer's own engine ops) are timed interleaved, so each sees the same machine
+load: the median of --repeats samples of --steps-per-sample steps. A periodic refresh every T steps is amortised
+exactly when T divides the sample length; work every few hundred steps (SST's resampling) is amortised with
+--hook-steps N instead: the hook alone runs for steps 1..N (one cycle of its schedule), and its mean minus its
+median per step (the median is in every timed step already) is added. Overrides after `--` go to every combination;
+--compile adds a twin of each with `train.compile=true` (compiled in the untimed first step, whose time each row
+keeps). On a GPU the rows also hold MFU (trainer/throughput.py's formula and peak table) and the allocator's peak.
 """
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 from benchmarks.harness import add_combo_args, build, combos, command, engine_ops, parser, split_overrides
-from benchmarks.harness import sync, timed_round_robin, train_step, write_json
+from benchmarks.harness import sync, timed, timed_round_robin, train_step, write_json
 
 
 def build_all(args, overrides: list[str], size: str) -> tuple[dict, dict]:
@@ -47,12 +42,8 @@ def hook_cost(b, steps: int) -> float:
     """Seconds per step of the strategy's periodic hook work, amortised over steps 1..steps (see the top)."""
     if b.ops is None or steps < 2:
         return 0.0
-    times = []
-    for step in range(1, steps + 1):
-        start = time.perf_counter()
-        b.strategy.on_step_end(step, b.ops)
-        sync(next(b.model.parameters()).device)
-        times.append(time.perf_counter() - start)
+    device = next(b.model.parameters()).device
+    times = [timed(lambda s: (b.strategy.on_step_end(s, b.ops), sync(device)), step)[1] for step in range(1, steps + 1)]
     return statistics.mean(times) - statistics.median(times)
 
 
@@ -60,8 +51,8 @@ def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
     built, skipped = build_all(args, overrides, size)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen).to(args.device)
-    for b in built.values():  # warm-up: allocate state, first refresh
-        train_step(b, tokens, autocast=args.bf16)
+    # The untimed first step allocates state, does the first refresh and compiles.
+    first_s = {k: timed(train_step, b, tokens, 1, args.bf16)[1] for k, b in built.items()}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     steps = {k: 1 for k in built}
@@ -76,7 +67,7 @@ def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
     for k, t in medians.items():
         hook_s = hook_cost(built[k], args.hook_steps)
         rows.append({"combo": k, "size": size, "param": k.split("+")[0], "optim": k.split("+")[1].split()[0],
-                     "step_s": t / args.steps_per_sample + hook_s, "periodic_hook_s": hook_s,
+                     "step_s": t / args.steps_per_sample + hook_s, "periodic_hook_s": hook_s, "first_step_s": first_s[k],
                      "params": sum(x.numel() for x in built[k].model.parameters())})
     return rows, skipped
 
@@ -91,31 +82,11 @@ def finish_rows(rows: list[dict], args) -> None:
         r["tokens_per_s"] = args.batch * args.seq_len / r["step_s"]
         ref = next((x for x in rows if x["size"] == r["size"] and x["combo"] == "full+adamw"), None)
         r["speed_ratio"] = ref["step_s"] / r["step_s"] if ref else None
+        eager = next((x for x in rows if x["size"] == r["size"] and f"{x['combo']} compiled" == r["combo"]), None)
+        if eager:  # a --compile twin: its own eager run is the reference
+            r["compiled_over_eager"] = eager["step_s"] / r["step_s"]
         if peak:
             r["mfu"] = tp.flops_per_token(shape_for(r["size"]), args.vocab, args.seq_len) * r["tokens_per_s"] / (peak * 1e12)
-
-
-def compare_compiled(args, overrides: list[str], size: str) -> list[dict]:
-    """Eager vs compiled blocks, the same combinations and weights, timed interleaved."""
-    from trainer.compile import maybe_compile
-
-    built, _ = build_all(args, overrides, size)
-    runs, first_s = {}, {}
-    for c in combos(args, overrides):
-        compiled = build(size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len, device=args.device)
-        maybe_compile(compiled.model, True)
-        runs[f"{c.label} eager"], runs[f"{c.label} compiled"] = built[c.label], compiled
-    tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
-    for key, b in runs.items():  # warm-up; the compiled runs compile here
-        start = time.perf_counter()
-        train_step(b, tokens)
-        first_s[key] = time.perf_counter() - start
-    med = timed_round_robin({k: (lambda b=b: train_step(b, tokens)) for k, b in runs.items()}, args.repeats)
-    n = tokens[:, 1:].numel()
-    return [{"combo": k, "eager_step_s": med[f"{k} eager"], "compiled_step_s": med[f"{k} compiled"],
-             "eager_tokens_per_s": n / med[f"{k} eager"], "compiled_tokens_per_s": n / med[f"{k} compiled"],
-             "compiled_over_eager": med[f"{k} eager"] / med[f"{k} compiled"],
-             "first_step_compiled_s": first_s[f"{k} compiled"]} for k in built]
 
 
 def main(argv=None) -> dict:
@@ -129,18 +100,16 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
-    p.add_argument("--compile", action="store_true", help="time each combination eager and with compiled blocks")
+    p.add_argument("--compile", action="store_true", help="also each combination with compiled blocks")
     p.add_argument("--steps-per-sample", type=int, default=1, help="training steps per timed sample")
     p.add_argument("--hook-steps", type=int, default=0, help="amortise the strategy hook's periodic work over 1..N")
     add_combo_args(p)
     args = p.parse_args(options)
+    if args.compile:  # a twin of each combination: "<label> compiled", train.compile=true
+        args.variant += [(f"{c.label} compiled", " ".join([*c.extra, "train.compile=true"])) for c in combos(args, [])]
     torch.set_num_threads(args.threads)
     report = {"command": command("speed", argv), "size": " ".join(args.sizes), "batch": args.batch,
               "seq_len": args.seq_len, "threads": args.threads, "device": args.device, "torch": torch.__version__}
-    if args.compile:
-        report["rows"] = [r for size in args.sizes for r in compare_compiled(args, overrides, size)]
-        write_json(args, report)
-        return report
     rows, skipped = [], {}
     for size in args.sizes:
         size_rows, size_skipped = time_size(args, overrides, size)
