@@ -113,7 +113,7 @@ def parse(argv):
     if not Path(args.data).is_file():
         p.error(f"--data {args.data} does not exist")
     args.keep_going |= bool(args.grid)
-    return args, grid_runs(args.grid) * bool(args.grid) + list(zip(pairs[::2], pairs[1::2]))
+    return args, (grid_runs(args.grid) if args.grid else []) + list(zip(pairs[::2], pairs[1::2]))
 
 
 def main(argv=None) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import BENCHMARKS
+from benchmarks import BENCHMARKS, run
 from benchmarks.suite import ENTRIES, produced
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +32,15 @@ def test_list_names_every_benchmark():
     modules = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - NOT_BENCHMARKS
     assert listed == list(BENCHMARKS)
     assert set(listed) == modules  # every benchmark module is registered, and every name has its module
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_every_benchmark_imports_and_parses_its_options(name, capsys):
+    """Every module imports (the GPU paths too, unrun here) and its parser works: --help exits cleanly."""
+    with pytest.raises(SystemExit) as exit_:
+        run(name, ["--help"])
+    assert exit_.value.code == 0
+    assert ("--only" if name == "suite" else "--results-dir") in capsys.readouterr().out
 
 
 def test_unknown_benchmark_is_one_line_error():
