@@ -1,6 +1,6 @@
 """Optimizer step cost of dct_adamw against the published GaLore (galore-torch), same process, same matrices.
 
-    python benchmarks/dct_vs_galore.py [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1] [--all]
+    python -m benchmarks dct_vs_galore [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1] [--all]
 
 The matrices are the seven projections of every block of the model size (130m: twelve blocks, 84 matrices),
 all projected, with fixed random gradients. Each optimizer runs with the same update gap, so steps
@@ -8,25 +8,19 @@ all projected, with fixed random gradients. Each optimizer runs with the same up
 the others are steady steps. The optimizers step in alternation so both see the same machine load, and each
 ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels slow drifts of a
 shared machine's load. Step 0 (which also allocates the state) is not timed into the refresh median.
-Prints median times, state bytes and the ratios; writes benchmarks/results/dct_vs_galore.json.
+Prints median times, state bytes and the ratios; writes <out>.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models import LLAMA_SIZES  # noqa: E402
-from optim import projectors  # noqa: E402
-from optim.lowrank_adam import LowRankAdamW  # noqa: E402
+from benchmarks.harness import command, parser, state_tensors, tensor_bytes, write_json
+from models import LLAMA_SIZES
+from optim import projectors
+from optim.lowrank_adam import LowRankAdamW
 
 
 def block_shapes(size: str) -> list[tuple[int, int]]:
@@ -37,20 +31,12 @@ def block_shapes(size: str) -> list[tuple[int, int]]:
 
 
 def state_bytes(optimizer) -> int:
-    total = 0
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-            elif hasattr(value, "ortho_matrix"):  # galore-torch keeps P inside a Python projector object
-                ortho = value.ortho_matrix
-                for t in ortho if isinstance(ortho, list) else [ortho]:
-                    total += t.numel() * t.element_size()
-    return total
+    """galore-torch keeps P inside a Python projector object: state_tensors finds it there."""
+    return tensor_bytes(t for state in optimizer.state.values() for v in state.values() for t in state_tensors(v))
 
 
 def basis_cache_bytes() -> int:
-    return sum(t.numel() * t.element_size() for t in projectors._CACHE.values())
+    return tensor_bytes(projectors._CACHE.values())
 
 
 def make_optimizers(shapes, grads, args) -> dict:
@@ -77,79 +63,62 @@ def make_optimizers(shapes, grads, args) -> dict:
     return opts
 
 
-def run(args) -> dict:
+def time_steps(opts: dict, args) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each optimizer's steps, refresh and steady apart; the optimizers alternate within a step."""
+    times = {name: {"refresh": [], "steady": []} for name in opts}
+    for step in range(args.steps):
+        kind = "refresh" if step % args.gap == 0 else "steady"
+        # The full-rank reference needs only a few steady steps.
+        active = [n for n in opts if not (n.startswith("adamw") and step >= args.gap + 2)]
+        for name in active:
+            start = time.perf_counter()
+            opts[name].step()
+            times[name][kind].append(time.perf_counter() - start)
+        print(f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active), flush=True)
+    return times
+
+
+def run(args, argv) -> dict:
     torch.set_num_threads(args.threads)
     shapes = block_shapes(args.size)
     gen = torch.Generator().manual_seed(1)
-    grads = [torch.randn(*s, generator=gen) for s in shapes]
-    opts = make_optimizers(shapes, grads, args)
-    times: dict[str, dict[str, list[float]]] = {name: {"refresh": [], "steady": []} for name in opts}
-    for step in range(args.steps):
-        kind = "refresh" if step % args.gap == 0 else "steady"
-        for name, opt in opts.items():
-            if name.startswith("adamw") and step >= args.gap + 2:
-                continue  # the full-rank reference needs only a few steady steps
-            start = time.perf_counter()
-            opt.step()
-            times[name][kind].append(time.perf_counter() - start)
-        done = [n for n in opts if times[n][kind] and not (n.startswith("adamw") and step >= args.gap + 2)]
-        print(f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in done), flush=True)
-    rows = {}
+    opts = make_optimizers(shapes, [torch.randn(*s, generator=gen) for s in shapes], args)
+    times, rows = time_steps(opts, args), {}
     for name, opt in opts.items():
         refresh = times[name]["refresh"][1:] or times[name]["refresh"]  # step 0 also allocates the state
-        extra = basis_cache_bytes() if name.startswith("dct") else 0
         rows[name] = {"refresh_ms_median": 1e3 * statistics.median(refresh) if not name.startswith("adamw") else None,
                       "steady_ms_median": 1e3 * statistics.median(times[name]["steady"]),
-                      "state_bytes": state_bytes(opt), "basis_cache_bytes": extra,
+                      "state_bytes": state_bytes(opt), "basis_cache_bytes": basis_cache_bytes() * name.startswith("dct"),
                       "refresh_samples_ms": [1e3 * t for t in times[name]["refresh"]],
                       "steady_samples_ms": [1e3 * t for t in times[name]["steady"]]}
     dct, galore = rows["dct_adamw"], rows["galore_torch"]
 
     def paired(kind: str) -> float:
-        pairs = list(zip(dct[f"{kind}_samples_ms"], galore[f"{kind}_samples_ms"]))
-        pairs = pairs[1:] if kind == "refresh" else pairs
+        """The median over steps of (DCT time / GaLore time) in the same step: robust to drifting load."""
+        pairs = list(zip(dct[f"{kind}_samples_ms"], galore[f"{kind}_samples_ms"]))[kind == "refresh":]
         return statistics.median(a / b for a, b in pairs)
 
     ratios = {"refresh_time": paired("refresh"), "steady_time": paired("steady"),
               "state_bytes": (dct["state_bytes"] + dct["basis_cache_bytes"]) / galore["state_bytes"]}
-    return {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "threads": args.threads, "size": args.size,
-            "rank": args.rank, "gap": args.gap, "num_matrices": len(shapes), "torch": torch.__version__, "rows": rows,
+    return {"command": command("dct_vs_galore", argv), "threads": args.threads, "size": args.size, "rank": args.rank,
+            "gap": args.gap, "num_matrices": len(shapes), "torch": torch.__version__, "rows": rows,
             "ratios_dct_over_galore_torch": ratios, "targets": {"refresh_time": 0.1, "steady_time": 1.0, "state_bytes": 0.7}}
 
 
-def table(report: dict) -> str:
-    lines = [f"{'optimizer':<28} {'refresh ms':>11} {'steady ms':>10} {'state MiB':>10}"]
-    for name, r in report["rows"].items():
-        refresh = f"{r['refresh_ms_median']:.0f}" if r["refresh_ms_median"] is not None else "-"
-        state = (r["state_bytes"] + r["basis_cache_bytes"]) / 2**20
-        lines.append(f"{name:<28} {refresh:>11} {r['steady_ms_median']:>10.0f} {state:>10.1f}")
-    lines.append("")
-    lines.append(f"{'ratio dct_adamw / galore_torch':<32} {'measured':>9} {'target':>8}")
-    lines.append("(time ratios: the median over steps of the two optimizers' times in the same step)")
-    for key, value in report["ratios_dct_over_galore_torch"].items():
-        target = report["targets"][key]
-        lines.append(f"{key:<32} {value:>9.3f} {'<= ' + str(target):>8} {'met' if value <= target else 'NOT met'}")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
-    parser.add_argument("--rank", type=int, default=256)
-    parser.add_argument("--gap", type=int, default=5, help="update gap: steps 0, gap, 2 gap, ... refresh")
-    parser.add_argument("--steps", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--all", action="store_true", help="also our svd projector and the matmul (non-FFT) DCT refresh")
-    args = parser.parse_args(argv)
+def main(argv=None) -> dict:
+    p = parser(__doc__, "dct_vs_galore")
+    p.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
+    p.add_argument("--rank", type=int, default=256)
+    p.add_argument("--gap", type=int, default=5, help="update gap: steps 0, gap, 2 gap, ... refresh")
+    p.add_argument("--steps", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--all", action="store_true", help="also our svd projector and the matmul (non-FFT) DCT refresh")
+    args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
-        parser.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
-    report = run(args)
-    out = ROOT / "benchmarks" / "results" / "dct_vs_galore.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(table(report))
-    print(f"(state MiB of dct_adamw includes its shared basis cache: {report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
+        p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
+    report = run(args, argv)
+    write_json(args, report)
+    from benchmarks.report import dct_section
 
-
-if __name__ == "__main__":
-    main()
+    print(dct_section(report) + f"(dct_adamw's shared basis cache: {report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
+    return report

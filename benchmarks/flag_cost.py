@@ -2,28 +2,25 @@
 per rank, for `mean` (a plain bucketed all-reduce) against `flag` in its sharded collective form and
 in the all-gather reference form (and the other robust aggregators).
 
-    python benchmarks/flag_cost.py                     # n = the debug model's 166k and 4M coordinates
-    python benchmarks/flag_cost.py --numel 1000000 --repeats 20
+    python -m benchmarks flag_cost                     # n = the debug model's 166k and 4M coordinates
+    python -m benchmarks flag_cost --numel 1000000 --repeats 20
 
 Times: per call, the slowest rank's wall time (a barrier first), median over repeats. Bytes: counted
 from the collectives each aggregator issues (ring all-reduce 2(p-1)/p N, all-gather and all-to-all
-(p-1)/p of the gathered size), reported as `agg/bytes_sent`. Writes benchmarks/results/flag_cost.json.
+(p-1)/p of the gathered size), reported as `agg/bytes_sent`. Writes <out>.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import parser, relative, run_distributed, write_json
 
 VARIANTS = {  # label -> (registry name, config overrides)
     "mean": ("mean", {}),
@@ -69,20 +66,16 @@ def measure(rank, world_size, numels, repeats, out_path):
             json.dump(results, f)
 
 
-def main() -> None:
-    from harness import run_distributed
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--numel", type=int, nargs="+", default=[166_208, 4_194_304])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--nproc", type=int, default=4)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flag_cost.json"))
-    args = parser.parse_args()
+def main(argv=None) -> dict:
+    p = parser(__doc__, "flag_cost")
+    p.add_argument("--numel", type=int, nargs="+", default=[166_208, 4_194_304])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--nproc", type=int, default=4)
+    args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tmp = Path(tempfile.mkdtemp(prefix="flag-cost-")) / "raw.json"
     run_distributed(measure, args.nproc, args.numel, args.repeats, str(tmp))
     results = json.loads(tmp.read_text())
-
     lines = [f"p = {args.nproc} processes (gloo, CPU), median of {args.repeats} calls",
              f"{'n':>9} {'aggregator':<22} {'time ms':>9} {'x mean':>7} {'MB sent/rank':>13} {'x mean':>7}"]
     ratios = {}
@@ -100,11 +93,7 @@ def main() -> None:
                      f"all-gather/sharded bytes {ratios[numel]['allgather_bytes_over_sharded']:.2f}x "
                      f"(counted; (p-1)n vs 2(p-1)n/p = p/2), time {ratios[numel]['allgather_time_over_sharded']:.2f}x")
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"args": {**vars(args), "out": os.path.relpath(args.out, ROOT)}, "results": results, "ratios": ratios, "table": lines}, f, indent=1)
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    report = {"args": {**vars(args), "results_dir": relative(str(args.results_dir))}, "results": results,
+              "ratios": ratios, "table": lines}
+    write_json(args, report)
+    return report

@@ -1,14 +1,14 @@
 """Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of `mean` and of
 `flag` variants (and any other aggregator listed) against a clean `mean` run with the same seed and steps.
 
-    python benchmarks/flag_robustness.py                  # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
-    python benchmarks/flag_robustness.py --nproc 8 --byzantine 2 --out benchmarks/results/flag_robustness_p8.json   # ~20 min
-    python benchmarks/flag_robustness.py --aggs mean flag flag_raw flag_m_spec   # the docs/flag.md columns
-    python benchmarks/flag_robustness.py --aggs median multi_krum --out benchmarks/results/flag_robustness_baselines.json
-    python benchmarks/flag_robustness.py --steps 40 --attacks sign_flip nan --aggs mean flag
+    python -m benchmarks flag_robustness                  # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
+    python -m benchmarks flag_robustness --nproc 8 --byzantine 2 --out flag_robustness_p8   # ~20 min
+    python -m benchmarks flag_robustness --aggs mean flag flag_raw flag_m_spec   # the docs/flag.md columns
+    python -m benchmarks flag_robustness --aggs median multi_krum --out flag_robustness_baselines
+    python -m benchmarks flag_robustness --steps 40 --attacks sign_flip nan --aggs mean flag
 
 Prints a table, each aggregator's worst ratio to the clean loss against `--tolerance` (acceptance: every
-attack within 5%), and writes benchmarks/results/flag_robustness.json. Each run is train.py under torchrun
+attack within 5%), and writes <out>.json. Each run is train.py under torchrun
 (the debug model on the built-in corpus), exactly as a user would start it. Byzantine ranks are 1..f.
 
 The default global batch, 256 sequences (64 per worker at p = 4, 32 at p = 8), is where the honest workers'
@@ -19,16 +19,11 @@ equally good flag, and no flag-based aggregate can single the attacker out.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from harness import ROOT, train_command, train_env
+from benchmarks.harness import parser, read_metrics, relative, run_train, write_json
 
 ATTACKS = ["sign_flip", "gaussian", "uniform_random", "alie", "fall_of_empires", "zero", "nan"]
 AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 1) / 2)
@@ -66,29 +61,27 @@ def base_overrides(args, out_dir: Path, cache: Path) -> list[str]:
 
 
 def final_val_loss(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     vals = [r["val/loss"] for r in records if "val/loss" in r and r["step"] > 0]
     return float(vals[-1]) if vals else float("nan")
 
 
 def logged_median(run_dir: Path, key: str) -> float | None:
     """The median over steps of a logged metric (None if the aggregator logs none)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     values = sorted(r[key] for r in records if key in r)
     return values[len(values) // 2] if values else None
 
 
 def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -> dict:
-    start = time.perf_counter()
-    cmd = train_command([*base_overrides(args, out_dir, cache), f"run.name={name}", *overrides], args.nproc)
-    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True)
+    proc, wall = run_train([*base_overrides(args, out_dir, cache), f"run.name={name}", *overrides], args.nproc)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     run_dir = out_dir / name
     weights = [logged_median(run_dir, f"agg/weight_rank{r}") for r in byzantine_ranks(args)]
     result = {"val_loss": final_val_loss(run_dir), "byzantine_weights": weights,
               "byzantine_weight": max(weights) if None not in weights else None,
-              "mean_cosine": logged_median(run_dir, "agg/mean_cosine"), "wall_s": time.perf_counter() - start}
+              "mean_cosine": logged_median(run_dir, "agg/mean_cosine"), "wall_s": wall}
     print(f"  {name:<32} val loss {result['val_loss']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
     return result
 
@@ -148,33 +141,26 @@ def weight_table(args, results: dict) -> list[str]:
     return lines
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=256, help="global batch (sequences per step)")
-    parser.add_argument("--eval-batches", type=int, default=8)
-    parser.add_argument("--nproc", type=int, default=4, help="workers p (torchrun processes)")
-    parser.add_argument("--byzantine", type=int, default=1, help="Byzantine workers f: ranks 1..f")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tolerance", type=float, default=0.05, help="allowed loss above the clean run")
-    parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
-    parser.add_argument("--aggs", nargs="+", default=["mean", "flag"], choices=list(AGGS))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flag_robustness.json"))
-    args = parser.parse_args()
+def parse_args(argv):
+    p = parser(__doc__, "flag_robustness")
+    for name, default, what in (("steps", 100, None), ("seq-len", 64, None), ("batch", 256, "global batch (sequences per step)"),
+                                ("eval-batches", 8, None), ("nproc", 4, "workers p (torchrun processes)"),
+                                ("byzantine", 1, "Byzantine workers f: ranks 1..f"), ("seed", 0, None)):
+        p.add_argument(f"--{name}", type=int, default=default, help=what)
+    p.add_argument("--tolerance", type=float, default=0.05, help="allowed loss above the clean run")
+    p.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
+    p.add_argument("--aggs", nargs="+", default=["mean", "flag"], choices=list(AGGS))
+    args = p.parse_args(argv)
     if not 1 <= args.byzantine < args.nproc or args.batch % args.nproc:
-        parser.error("--byzantine must be in 1..nproc-1 and --batch a multiple of --nproc")
+        p.error("--byzantine must be in 1..nproc-1 and --batch a multiple of --nproc")
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def run_all(args) -> dict[str, dict]:
+    """The clean runs of every aggregator, then each attack against each."""
     work = Path(tempfile.mkdtemp(prefix="flag-robustness-"))
     out_dir, cache = work / "runs", work / "cache"
-    results: dict[str, dict] = {}
-    print(f"{args.nproc} processes, debug model, {args.steps} steps, seq {args.seq_len}, batch {args.batch}, "
-          f"Byzantine ranks {byzantine_ranks(args)}, seed {args.seed}", flush=True)
-    results["clean/mean"] = run_one(args, "clean-mean", agg_overrides(args, "mean"), out_dir, cache)
+    results = {"clean/mean": run_one(args, "clean-mean", agg_overrides(args, "mean"), out_dir, cache)}
     for agg in args.aggs:
         if agg != "mean":
             results[f"clean/{agg}"] = run_one(args, f"clean-{agg}", agg_overrides(args, agg), out_dir, cache)
@@ -183,18 +169,19 @@ def main() -> None:
         for agg in args.aggs:
             overrides = [*agg_overrides(args, agg), *faults, f"faults.attack={attack}"]
             results[f"{attack}/{agg}"] = run_one(args, f"{attack}-{agg}", overrides, out_dir, cache)
+    return results
 
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    print(f"{args.nproc} processes, debug model, {args.steps} steps, seq {args.seq_len}, batch {args.batch}, "
+          f"Byzantine ranks {byzantine_ranks(args)}, seed {args.seed}", flush=True)
+    results = run_all(args)
     clean = results["clean/mean"]["val_loss"]
     verdict = verdicts(args, results, clean)
     lines = loss_table(args, results, clean) + verdict_lines(args, verdict) + weight_table(args, results)
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    record = {"args": {**vars(args), "out": os.path.relpath(args.out, ROOT), "byzantine_ranks": byzantine_ranks(args)},
-              "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines}
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=1)
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    args_out = {**vars(args), "results_dir": relative(str(args.results_dir)), "byzantine_ranks": byzantine_ranks(args)}
+    record = {"args": args_out, "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines}
+    write_json(args, record)
+    return record

@@ -1,16 +1,20 @@
-"""Build any param x optim combination the way train.py does (Hydra config -> registries), for benchmarks;
-start train.py as a user would (one process or torchrun) and run functions in gloo process groups.
-
-Strategies are looked up by name only; nothing here knows a method.
+"""The one harness every benchmark uses: build any param x optim combination the way train.py does (Hydra config
+-> registries), time steps (interleaved medians), measure memory, write JSON and plots, start train.py as a user
+would (one process or torchrun) and run functions in gloo process groups. Strategies are looked up by name only.
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
+import itertools
+import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import time
+from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +23,72 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the strategies' packages, however the harness was reached
 
 import agg  # noqa: E402,F401  (registers strategies)
 import optim  # noqa: E402,F401
 import param  # noqa: E402,F401
-from models import Llama, shape_for  # noqa: E402
+from models import Llama, projection_modules, shape_for  # noqa: E402
+from trainer.compile import maybe_compile  # noqa: E402
 from trainer.config import Config, resolve  # noqa: E402
+from trainer.metrics import tensor_bytes  # noqa: E402
 from trainer.registry import OPTIM, PARAM, config_name  # noqa: E402
-from trainer.strategy import BuildContext  # noqa: E402
+from trainer.strategy import BuildContext, ParamStrategy  # noqa: E402
 
 VOCAB = 32000  # the papers' LLaMA tokenizer, for memory figures comparable with theirs
+PARAMS = ["full", "sltrain", "lowrank", "sst"]
+OPTIMS = ["adamw", "dct_adamw", "galore_adamw", "galore_torch"]
+
+
+def parser(doc: str, out: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser with the options every benchmark shares: where its JSON goes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=out, required=out is None, help="results file <results-dir>/<out>.json")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    return p
+
+
+def split_overrides(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """(options, Hydra overrides after `--`): the overrides go to every combination a benchmark builds."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+
+
+def command(name: str, argv: list[str] | None) -> str:
+    """The command line a results file records, with this machine's paths made relative."""
+    return relative(" ".join(["python -m benchmarks", name, *(sys.argv[1:] if argv is None else argv)]))
+
+
+def relative(text: str) -> str:
+    """Paths in saved results relative to the repository, so they mean the same on every machine."""
+    return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
+
+
+def write_json(args, report: dict, suffix: str = ".json") -> Path:
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"{args.out}{suffix}"
+    report.setdefault("date", time.strftime("%Y-%m-%d"))  # in place: the caller prints the dated report
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {relative(str(path))}", flush=True)
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def stacked_bars(ax, labels: list[str], parts: dict[str, list[float]], horizontal: bool = False) -> None:
+    """One bar per label, its parts stacked in order (a step's memory: weights, gradients, ...)."""
+    base = [0.0] * len(labels)
+    for name, vals in parts.items():
+        (ax.barh if horizontal else ax.bar)(labels, vals, **{"left" if horizontal else "bottom": base}, label=name)
+        base = [a + b for a, b in zip(base, vals)]
+    ax.legend(fontsize=8)
 
 
 def compose(overrides: list[str]) -> Config:
@@ -42,12 +101,32 @@ def compose(overrides: list[str]) -> Config:
         return resolve(OmegaConf.to_object(hydra_compose(config_name="config", overrides=overrides)))
 
 
+Combo = namedtuple("Combo", "label param optim extra")  # one combination: label, registry names, its overrides
+
+
+def add_combo_args(p: argparse.ArgumentParser, params=PARAMS, optims=OPTIMS) -> None:
+    p.add_argument("--params", nargs="+", default=params)
+    p.add_argument("--optims", nargs="+", default=optims)
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("LABEL", "OVERRIDES"),
+                   help="an extra combination: its label ('param+optim' then any words) and its overrides")
+
+
+def combos(args, overrides: list[str]) -> list[Combo]:
+    """--params x --optims, then each --variant; the overrides after `--` go to all of them."""
+    out = [Combo(f"{p}+{o}", p, o, list(overrides)) for p, o in itertools.product(args.params, args.optims)]
+    for label, extra in args.variant:
+        p, o = label.split()[0].split("+")  # "full+dct_adamw T=10": full, dct_adamw
+        out.append(Combo(label, p, o, [*overrides, *extra.split()]))
+    return out
+
+
 @dataclass
 class Built:
     cfg: Config
     model: nn.Module
-    strategy: object
+    strategy: ParamStrategy
     optimizer: torch.optim.Optimizer | None
+    ops: object = None  # the engine's ops for the strategy's step hook (engine_ops), when it has one
 
 
 def build(size: str, param_name: str, optim_name: str | None, extra: list[str] = (), vocab: int = VOCAB,
@@ -60,12 +139,28 @@ def build(size: str, param_name: str, optim_name: str | None, extra: list[str] =
         model = Llama(shape_for(size), vocab, seq_len)
         strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
         strategy.convert(model)
+    maybe_compile(model, cfg.train.compile)  # after the conversion, as train.py
     optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx) if optim_name else None
     return Built(cfg, model, strategy, optimizer)
 
 
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+def make_engine(model, optimizer, cfg, device, aggregator=None):
+    """trainer.engine.Engine for one process (the trainer's own engine, never a copy of it)."""
+    from launch.env import read_dist_env
+    from trainer import dist
+    from trainer.engine import Engine
+    from trainer.registry import AGG
+
+    dist.init_distributed(read_dist_env(), device)
+    aggregator = aggregator or AGG.build(config_name(cfg.agg), cfg.agg, BuildContext(model_size=cfg.model.size))
+    return Engine(model=model, optimizer=optimizer, aggregator=aggregator, train=cfg.train, world_size=1, device=device)
+
+
+def engine_ops(b: Built, device: str = "cpu") -> None:
+    """Give a strategy with a step hook the real engine's ops (ZeRO-0), so a timed step runs what train.py runs
+    after the optimizer; a strategy without one skips DeepSpeed's start-up."""
+    if type(b.strategy).on_step_end is not ParamStrategy.on_step_end:
+        b.ops = make_engine(b.model, b.optimizer, b.cfg, torch.device(device)).ops
 
 
 def state_tensors(value) -> list[torch.Tensor]:
@@ -73,28 +168,48 @@ def state_tensors(value) -> list[torch.Tensor]:
     projection matrix in a projector object, which a plain tensor count would miss)."""
     if torch.is_tensor(value):
         return [value]
-    if hasattr(value, "__dict__"):
-        return [v for v in vars(value).values() if torch.is_tensor(v)]
+    if hasattr(value, "__dict__"):  # a list of them too: galore-torch's two-sided projection holds [P, Q]
+        return [t for v in vars(value).values() for t in (v if isinstance(v, list) else [v]) if torch.is_tensor(t)]
     return []
 
 
-def state_bytes(b: Built) -> dict:
-    """Bytes held by weights (parameters + buffers), gradients and optimizer state, from the tensors."""
-    opt_state = [t for s in b.optimizer.state.values() for v in s.values() for t in state_tensors(v)] if b.optimizer else []
+def state_bytes(b: Built, keep=None) -> dict:
+    """Bytes held by weights (parameters + buffers), gradients and optimizer state, from the tensors; `keep`
+    picks parameters by name (e.g. the block projections only; None: all, and every optimizer-state entry)."""
+    params = [p for n, p in b.model.named_parameters() if keep is None or keep(n)]
+    state = b.optimizer.state if b.optimizer else {}
+    entries = state.values() if keep is None else [state[p] for p in params if p in state]
     return {
-        "weights": tensor_bytes(list(b.model.parameters()) + list(b.model.buffers())),
-        "trainable": tensor_bytes(p for p in b.model.parameters() if p.requires_grad),
-        "grads": tensor_bytes(p.grad for p in b.model.parameters() if p.grad is not None),
-        "optim_state": tensor_bytes(opt_state),
+        "weights": tensor_bytes([*params, *(t for n, t in b.model.named_buffers() if keep is None or keep(n))]),
+        "trainable": tensor_bytes(p for p in params if p.requires_grad),
+        "grads": tensor_bytes(p.grad for p in params if p.grad is not None),
+        "optim_state": tensor_bytes(t for s in entries for v in s.values() for t in state_tensors(v)),
     }
 
 
-def train_step(b: Built, tokens: torch.Tensor) -> float:
-    loss = nn.functional.cross_entropy(b.model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+def projection_bytes(b: Built) -> dict:
+    """state_bytes of the seven block projections only: what a weight-side method replaces."""
+    prefixes = tuple(f"{name}." for name, _, _, _ in projection_modules(b.model))
+    return state_bytes(b, lambda n: n.startswith(prefixes))
+
+
+def train_step(b: Built, tokens: torch.Tensor, step: int = 1, autocast: bool = False) -> float:
+    """Forward, backward, optimizer step and (with ops) the strategy's step hook, as train.py's step."""
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = b.model(tokens[:, :-1])
+    loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()
     b.optimizer.step()
     b.optimizer.zero_grad(set_to_none=False)  # keep the gradient buffers: they are part of the memory
+    if b.ops is not None:
+        b.strategy.on_step_end(step, b.ops)
+    sync(tokens.device)
     return float(loss.detach())
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()  # a GPU step is done when its kernels are, not when Python returns
 
 
 def trim_and_reset_peak() -> None:
@@ -115,18 +230,25 @@ def rss_bytes(field: str = "VmRSS") -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def timed(fn, *args, **kwargs):
+    """(fn's result, its wall seconds)."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
 def timed_round_robin(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, calls interleaved so every one sees the same machine load."""
+    """Median seconds of each function, calls interleaved so every one sees the same machine load (the order
+    reversed every other round, so none always runs first)."""
     times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    for i in range(repeats):
+        for k in list(fns) if i % 2 == 0 else reversed(list(fns)):
             start = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-# --- processes ------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,12 +263,22 @@ def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
             "--max-restarts=0", str(ROOT / "train.py"), *overrides]
 
 
-def train_env() -> dict:
-    """This process's environment for a train.py child: one thread, no process group of ours to join."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+def train_env(threads: int = 1) -> dict:
+    """This process's environment for a train.py child: its threads, no process group of ours to join."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
     for key in ("SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
+
+
+def run_train(overrides: list[str], nproc: int = 1, threads: int = 1):
+    """train.py to its end, started as a user would: (the CompletedProcess, its wall seconds)."""
+    return timed(subprocess.run, train_command(overrides, nproc), cwd=ROOT, env=train_env(threads),
+                 capture_output=True, text=True)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _gloo_worker(rank, world_size, port, fn, args):

@@ -1,62 +1,72 @@
 """Memory of every param x optim combination: weights, gradients, optimizer state, peak step memory.
 
-    python benchmarks/memory.py [--sizes 60m 130m 350m] [--peak-size 130m] [--params ...] [--optims ...]
+    python -m benchmarks memory [--sizes 60m 130m 350m] [--peak-size 130m] [--params ...] [--optims ...]
+    python -m benchmarks memory --sizes 130m --params full sltrain lowrank --optims adamw --out sltrain_memory
+    python -m benchmarks memory --sizes 130m --params full sst --optims adamw --peak-size none --out sst_memory
+    python -m benchmarks memory --device cuda --bf16 --sizes 350m 1b 7b --fit --out gpu_memory   # largest that fits
 
 For each size and combination, in a fresh process: build the model as train.py does (vocab 32000, fp32),
 run two optimizer steps on random tokens, and count the bytes of the tensors (parameters + buffers,
-gradients, optimizer state). For --peak-size it also measures the peak resident memory of one
-training step (heap trimmed and the kernel's peak-RSS counter reset just before the step), minus the
-process's resident memory before the model was built (the interpreter and libraries). Ratios are
-against full-rank AdamW of the same size. Writes benchmarks/results/memory.json and memory.png.
+gradients, optimizer state), for the whole model and for the seven block projections alone. For --peak-size it
+also measures the peak memory of one training step: on a CPU the resident set (heap trimmed and the kernel's
+peak-RSS counter reset just before the step) minus the process's before the model was built (the interpreter
+and libraries); on a GPU the allocator's peak. Ratios are against full-rank AdamW of the same size. --fit: the
+sizes are tried in order per combination and the largest whose step runs is recorded. Hydra overrides after
+`--` go to every combination. Writes <out>.json and <out>.png.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
-import time
 
-from harness import RESULTS, ROOT
+from benchmarks.harness import ROOT, VOCAB, add_combo_args, combos, command, parser, pyplot, split_overrides
+from benchmarks.harness import stacked_bars, write_json
 
-PARAMS = ["full", "sltrain", "lowrank", "sst"]
-OPTIMS = ["adamw", "dct_adamw", "galore_adamw", "galore_torch"]
+PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
 
 
-def child(size: str, param_name: str, optim_name: str, batch: int, seq_len: int, peak: bool) -> dict:
+def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: str, bf16: bool) -> dict:
     import torch
 
-    from harness import VOCAB, build, rss_bytes, state_bytes, train_step, trim_and_reset_peak
+    from benchmarks.harness import build, projection_bytes, rss_bytes, state_bytes, train_step, trim_and_reset_peak
 
     torch.set_num_threads(1)
     baseline = rss_bytes()  # the interpreter and libraries, before any model tensor exists
-    b = build(size, param_name, optim_name, seq_len=seq_len)
-    tokens = torch.randint(0, VOCAB, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0))
-    train_step(b, tokens)  # the first step allocates gradients and optimizer state
-    out = {"size": size, "param": param_name, "optim": optim_name, **state_bytes(b)}
-    if peak:
+    b = build(size, combo["param"], combo["optim"], combo["extra"], seq_len=seq_len, device=device)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (batch, seq_len + 1), generator=gen).to(device)
+    train_step(b, tokens, autocast=bf16)  # the first step allocates gradients and optimizer state
+    out = {"size": size, "label": combo["label"], "param": combo["param"], "optim": combo["optim"], **state_bytes(b),
+           "projections": projection_bytes(b)}
+    if peak and device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        train_step(b, tokens, autocast=bf16)
+        out["peak_step_allocated"] = torch.cuda.max_memory_allocated()
+    elif peak:
         trim_and_reset_peak()
         before = rss_bytes()
-        train_step(b, tokens)
+        train_step(b, tokens, autocast=bf16)
         out |= {"rss_before_step": before - baseline, "peak_step_rss": rss_bytes("VmHWM") - baseline}
     return out
 
 
-def run_child(args, size, p, o, peak) -> dict:
-    cmd = [sys.executable, __file__, "--child", size, p, o, str(args.batch), str(args.seq_len), str(int(peak))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def run_child(args, size: str, combo, peak: bool) -> dict:
+    spec = [size, combo._asdict(), args.batch, args.seq_len, peak, args.device, args.bf16]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        return {"size": size, "param": p, "optim": o, "error": error}
+        return {"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": error}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def refusal(p: str, o: str) -> str | None:
+def refusal(combo) -> str | None:
     """The one-line error of a combination the strategies refuse, found cheaply on the debug model."""
-    from harness import build
+    from benchmarks.harness import build
 
     try:
-        build("debug", p, o, vocab=256, seq_len=16)
+        build("debug", combo.param, combo.optim, combo.extra, vocab=256, seq_len=16)
     except ValueError as e:
         return f"ValueError: {e}"
     return None
@@ -68,84 +78,69 @@ def with_ratios(rows: list[dict]) -> list[dict]:
         base = ref.get(r["size"])
         if "error" in r or base is None:
             continue
-        state, base_state = (r["trainable"] + r["grads"] + r["optim_state"]), (base["trainable"] + base["grads"] + base["optim_state"])
-        r["model_state_ratio"] = state / base_state  # trainable params + grads + optimizer state
+
+        def state(x):
+            return x["trainable"] + x["grads"] + x["optim_state"]
+
+        r["model_state_ratio"] = state(r) / state(base)  # trainable params + grads + optimizer state
         r["optim_state_ratio"] = r["optim_state"] / base["optim_state"]
         r["grad_optim_ratio"] = (r["grads"] + r["optim_state"]) / (base["grads"] + base["optim_state"])
         r["weights_ratio"] = r["weights"] / base["weights"]
-        if "peak_step_rss" in r and "peak_step_rss" in base:
-            r["peak_step_ratio"] = r["peak_step_rss"] / base["peak_step_rss"]
+        for key in (k for k in PEAK_KEYS if k in r and k in base):
+            r["peak_step_ratio"] = r[key] / base[key]
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    mb = 2**20
-    head = f"{'size':<6} {'param':<8} {'optim':<13} {'weights MB':>10} {'grads MB':>9} {'optim MB':>9} {'state/full':>10} {'peak MB':>8} {'peak/full':>9}"
-    lines = [head]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['size']:<6} {r['param']:<8} {r['optim']:<13} not supported: {r['error'][:90]}")
-            continue
-        peak = f"{r['peak_step_rss'] / mb:>8.0f}" if "peak_step_rss" in r else f"{'-':>8}"
-        peak_ratio = f"{r['peak_step_ratio']:>9.3f}" if "peak_step_ratio" in r else f"{'-':>9}"
-        lines.append(f"{r['size']:<6} {r['param']:<8} {r['optim']:<13} {r['weights'] / mb:>10.1f} {r['grads'] / mb:>9.1f} "
-                     f"{r['optim_state'] / mb:>9.1f} {r.get('model_state_ratio', float('nan')):>10.3f} {peak} {peak_ratio}")
-    return "\n".join(lines)
-
-
 def plot(rows: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = sorted({r["size"] for r in rows}, key=lambda s: [r["size"] for r in rows].index(s))
+    plt = pyplot()
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4.5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         ok = [r for r in rows if r["size"] == size and "error" not in r]
-        labels = [f"{r['param']}\n{r['optim']}" for r in ok]
-        bottom = [0.0] * len(ok)
-        for key, color in (("weights", "tab:blue"), ("grads", "tab:orange"), ("optim_state", "tab:green")):
-            vals = [r[key] / 2**20 for r in ok]
-            ax.bar(range(len(ok)), vals, bottom=bottom, color=color, label=key)
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_xticks(range(len(ok)), labels, rotation=60, fontsize=7)
+        parts = {key: [r[key] / 2**20 for r in ok] for key in ("weights", "grads", "optim_state")}
+        stacked_bars(ax, [r["label"].replace("+", "\n") for r in ok], parts)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
         ax.set(title=f"{size} (fp32, vocab 32000)", ylabel="MB")
-        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def measure(args, overrides: list[str]) -> tuple[list[dict], dict]:
+    rows, fits = [], {}
+    for combo in combos(args, overrides):
+        refused = refusal(combo)
+        for size in args.sizes:
+            row = ({"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": refused}
+                   if refused else run_child(args, size, combo, peak=args.fit or size == args.peak_size))
+            rows.append(row)
+            print(f"[memory] {size} {combo.label}: {row.get('error', 'ok')}", flush=True)
+            if "error" in row and args.fit:
+                break  # the next size would not fit either
+            fits[combo.label] = size
+    return rows, fits
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["60m", "130m", "350m"])
-    parser.add_argument("--peak-size", default="130m")
-    parser.add_argument("--params", nargs="+", default=PARAMS)
-    parser.add_argument("--optims", nargs="+", default=OPTIMS)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
-    args = parser.parse_args(argv)
-    rows = []
-    for size in args.sizes:
-        for p in args.params:
-            for o in args.optims:
-                refused = refusal(p, o)
-                rows.append({"size": size, "param": p, "optim": o, "error": refused} if refused
-                            else run_child(args, size, p, o, peak=size == args.peak_size))
-                print(f"[memory] {size} {p} {o}: {'error' if 'error' in rows[-1] else 'ok'}", flush=True)
-    rows = with_ratios(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/memory.py " + " ".join(argv or sys.argv[1:]),
-              "batch": args.batch, "seq_len": args.seq_len, "rows": rows}
-    (RESULTS / "memory.json").write_text(json.dumps(report, indent=1))
-    plot(rows, RESULTS / "memory.png")
-    print(table(rows))
+    options, overrides = split_overrides(argv)
+    if options[:1] == ["--child"]:
+        return print(json.dumps(child(*json.loads(options[1]))))
+    p = parser(__doc__, "memory")
+    p.add_argument("--sizes", nargs="+", default=["60m", "130m", "350m"])
+    p.add_argument("--peak-size", default="130m", help="the size whose peak step memory is measured ('none': none)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
+    p.add_argument("--fit", action="store_true", help="the largest of --sizes (in order) each combination fits")
+    add_combo_args(p)
+    args = p.parse_args(options)
+    rows, fits = measure(args, overrides)
+    rows = sorted(with_ratios(rows), key=lambda r: args.sizes.index(r["size"]))
+    report = {"command": command("memory", argv), "batch": args.batch, "seq_len": args.seq_len, "device": args.device,
+              "rows": rows, **({"largest_fit": fits} if args.fit else {})}
+    write_json(args, report)
+    plot(rows, args.results_dir / f"{args.out}.png")
+    from benchmarks.report import memory_section
+
+    print(memory_section(report))
     return report
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        size, p, o, batch, seq_len, peak = sys.argv[2:8]
-        print(json.dumps(child(size, p, o, int(batch), int(seq_len), peak == "1")))
-    else:
-        main()

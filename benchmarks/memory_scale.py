@@ -1,23 +1,22 @@
 """Memory at the sizes the methods exist for: the estimator's peak of one training step, per configuration.
 
-    python benchmarks/memory_scale.py            # 1b and 7b at 1 x 256 tokens, 7b at 16 x 256 with checkpointing
-    python benchmarks/memory_scale.py --real     # also: real CPU tensors for best@1b and today@350m, vs the estimate
+    python -m benchmarks memory_scale          # 1b and 7b at 1 x 256 tokens, 7b at 16 x 256 with checkpointing
+    python -m benchmarks memory_scale --real   # also: real CPU tensors for best@1b and today@350m, vs the estimate
 
 Each row runs `python -m trainer.memory <overrides> --json` in its own process (FakeTensorMode + MemTracker: no
 real allocation). Vocabulary 32000 (the LLaMA tokenizer of the papers' figures). Writes
-benchmarks/results/memory_scale.json and memory_scale.png, and prints the tables of docs/RESULTS.md.
+<out>.json and <out>.png, and prints the tables of docs/RESULTS.md (rendered from here).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.harness import ROOT, command, parser, pyplot, stacked_bars, write_json
+
 GIB = 2**30
 
 LOW = ["train.precision=pure_bf16", "optim.step_in_backward=true", "optim.state_dtype=int8"]
@@ -69,36 +68,88 @@ def real_checks(results: dict) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     setting = "7b, 1 x 256"
-    rows = {k: v for k, v in results[setting].items() if "error" not in v}
-    parts = [("weights", "weights"), ("gradients", "gradients"), ("optimizer_state", "optimizer state"),
-             ("activations", "activations + temporaries")]
+    rows = [r["bytes"] for r in results[setting].values() if "error" not in r]
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    left = [0.0] * len(rows)
-    for key, name in parts:
-        vals = [(r["bytes"][key] + (r["bytes"]["temporaries"] + r["bytes"].get("inputs", 0) if key == "activations" else 0)) / GIB
-                for r in rows.values()]
-        ax.barh(list(rows), vals, left=left, label=name)
-        left = [a + b for a, b in zip(left, vals)]
+    stacked_bars(ax, [k for k, r in results[setting].items() if "error" not in r], {
+        "weights": [b["weights"] / GIB for b in rows], "gradients": [b["gradients"] / GIB for b in rows],
+        "optimizer state": [b["optimizer_state"] / GIB for b in rows],
+        "activations + temporaries": [(b["activations"] + b["temporaries"] + b.get("inputs", 0)) / GIB for b in rows]},
+        horizontal=True)
     ax.axvline(15, color="k", ls="--", lw=1)
     ax.text(15.3, len(rows) - 0.6, "15 GiB (a 16 GB GPU)", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("peak GiB of one training step (estimated)")
     ax.set_title("LLaMA-7B, 1 x 256 tokens")
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", action="store_true", help="also measure best@1b and today@350m on real CPU tensors")
-    args = parser.parse_args()
+def memory_scale_section(ms, low_full, low_sltrain) -> str:
+    """benchmarks/memory_scale.py's estimator rows, its real-tensor checks, and the low-memory quality runs."""
+    from benchmarks.report import NOT_MEASURED
+
+    if ms is None:
+        return f"{NOT_MEASURED}: run `python -m benchmarks memory_scale --real`.\n"
+    out = ["Peak bytes of one training step of one process, from `python -m trainer.memory` (FakeTensorMode + "
+           "MemTracker on CPU: nothing allocated; vocabulary 32000, 256-token sequences; weights / gradients / "
+           "optimizer state / activations + temporaries at the moment of the peak). Command: "
+           f"`{ms['command']}`; settings `{' '.join(ms['common'])}`. The peer row is galore-torch's 8-bit per-layer "
+           "GaLore (bf16 weights, rank 1024, step inside backward), counted through its stand-in `optim=galore_adamw "
+           "optim.state_dtype=int8`, whose state holds 0.991x the real GaLoreAdamW8bit's bytes "
+           "(tests/optim/test_galore_torch_peer.py), because bitsandbytes' kernels fail under fake tensors.\n"]
+    for setting, rows in ms["results"].items():
+        out += [f"\n**{setting}** (GiB)\n", "| configuration | weights | grads | optimizer state | act + temp | **peak** | estimate s |",
+                "|---|---|---|---|---|---|---|"]
+        for label, r in rows.items():
+            if "error" in r:
+                out.append(f"| {label} | {r['error']} | | | | | |")
+                continue
+            b = r["bytes"]
+            act = b["activations"] + b["temporaries"] + b.get("inputs", 0)
+            out.append(f"| {label} | {b['weights'] / GIB:.2f} | {b['gradients'] / GIB:.2f} | {b['optimizer_state'] / GIB:.2f} "
+                       f"| {act / GIB:.2f} | **{b['total'] / GIB:.2f}** | {r['wall_s']:.0f} |")
+    out.append("\n![memory at 7b](../benchmarks/results/memory_scale.png)\n")
+    for name, r in (ms.get("real") or {}).items():
+        out.append(f"- real CPU tensors, {name} (`{' '.join(r['overrides'])}`): measured {r['measured'] / GIB:.3f} GiB, "
+                   f"estimated {r['estimated'] / GIB:.3f} GiB, measured / estimated {r['ratio']:.4f}")
+    if "best_over_today_1b" in ms:
+        out.append(f"- estimated best / today's mode at 1b: {ms['best_over_today_1b']:.3f}")
+    for q in (low_full, low_sltrain):
+        if q is not None:
+            ref, low = q["results"][0], q["results"][1]
+            out.append(f"- quality, 20m 400 steps x 2048 tokens (`{q['command']}`): {ref['label']} {ref['final_val_loss']:.4f}, "
+                       f"{low['label']} (pure bf16 + int8 states + step in backward) {low['final_val_loss']:.4f} "
+                       f"= {low['final_val_loss'] / ref['final_val_loss']:.4f}x")
+    return "\n".join(out) + "\n"
+
+
+def memory_scale_targets(ms) -> list[str]:
+    from benchmarks.report import fmt, verdict
+
+    rows = (ms or {}).get("results", {}).get("7b, 1 x 256", {})
+
+    def total(label):
+        r = rows.get(label)
+        return None if r is None or "error" in r else r["bytes"]["total"] / GIB
+
+    best = min((t for t in map(total, rows) if t is not None), default=None)
+    checks = [("7b step at 1 x 256, best configuration <= 15 GiB (estimated)", best, lambda v: v <= 15),
+              ("7b dct_adamw + 8-bit + step in backward <= 20 GiB (estimated)",
+               total("... + dct_adamw (rank 1024 at 7b)"), lambda v: v <= 20),
+              ("7b sltrain + 8-bit + step in backward <= 17 GiB (estimated)",
+               total("sltrain + pure bf16 + step in backward + 8-bit AdamW"), lambda v: v <= 17),
+              ("estimated best / today's mode at 1b <= 0.25", (ms or {}).get("best_over_today_1b"), lambda v: v <= 0.25)]
+    for name, r in ((ms or {}).get("real") or {}).items():
+        checks.append((f"real vs estimated peak within 2% ({name})", r["ratio"], lambda v: abs(v - 1) <= 0.02))
+    return [f"| {name} | {fmt(v)} | {verdict(v, ok)} |" for name, v, ok in checks]
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__, "memory_scale")
+    p.add_argument("--real", action="store_true", help="also measure best@1b and today@350m on real CPU tensors")
+    args = p.parse_args(argv)
     results = {}
     for setting, base in SETTINGS.items():
         results[setting] = {}
@@ -106,19 +157,13 @@ def main() -> None:
             results[setting][label] = r = estimate([*base, *overrides])
             shown = r["error"] if "error" in r else f"{r['bytes']['total'] / GIB:.2f} GiB ({r['wall_s']:.0f} s)"
             print(f"[{setting}] {label}: {shown}", flush=True)
-    out = {"command": "benchmarks/memory_scale.py" + (" --real" if args.real else ""), "common": COMMON, "results": results}
+    out = {"command": command("memory_scale", argv), "common": COMMON, "results": results}
     one = results["1b, 1 x 256"]
     if "error" not in one[BEST] and "error" not in one[TODAY]:
         out["best_over_today_1b"] = one[BEST]["bytes"]["total"] / one[TODAY]["bytes"]["total"]
-        print(f"estimated best/today at 1b: {out['best_over_today_1b']:.3f}")
     if args.real:
         out["real"] = real_checks(results)
-    (RESULTS / "memory_scale.json").write_text(json.dumps(out, indent=1))
-    plot(results, RESULTS / "memory_scale.png")
-    from report import memory_scale_section  # the same tables docs/RESULTS.md shows
-
+    write_json(args, out)
+    plot(results, args.results_dir / f"{args.out}.png")
     print(memory_scale_section(out, None, None))
-
-
-if __name__ == "__main__":
-    main()
+    return out

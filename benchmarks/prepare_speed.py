@@ -1,10 +1,10 @@
 """Corpus preparation speed: `python -m trainer.prepare`'s parallel tokenization vs the single-process path
 it replaced, on the same text file, measured back to back in one run (the tokenizer is trained once, timed apart).
 
-    python benchmarks/prepare_speed.py [--mb 200] [--repeats 1] [--workers 0] [--text FILE]
+    python -m benchmarks prepare_speed [--mb 200] [--repeats 1] [--workers 0] [--text FILE]
 
 The text is ../shared/data's corpora repeated to --mb megabytes, or --text FILE (results then go next to the
-caches, not into benchmarks/results): prepare encodes each distinct word once per worker
+caches, unless --results-dir says where): prepare encodes each distinct word once per worker
 (trainer/word_encode.py), which a repeated text flatters, so measure text that does not repeat too. Each
 run's CPU microseconds per token say what a core does, whatever the load. Each round first measures how many
 cores the workers actually get (a pure-Python burn in 1 vs N processes): on a shared machine the ratio below
@@ -12,15 +12,12 @@ is only as good as that number. Baselines: `serial_lines` is the former
 path verbatim (HF datasets' text builder, one document per line, sentencepiece's own threads, one array per
 document); `serial_paragraphs` is the same loop over the documents the project now makes (paragraphs).
 prepare's tokens are checked equal to `serial_paragraphs`' (sentencepiece's ids, document by document).
-Writes benchmarks/results/prepare_speed.json.
+Writes <out>.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from itertools import islice
@@ -29,11 +26,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from trainer import corpus, data, tokenizing  # noqa: E402
-from trainer.config import DataConfig  # noqa: E402
+from benchmarks.harness import RESULTS, ROOT, command, parser, write_json
+from trainer import corpus, data, tokenizing
+from trainer.config import DataConfig
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -105,16 +100,47 @@ def timed(fn) -> tuple[int, float, float]:
     return n, time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=0, help="prepare's processes (0: one per core)")
-    parser.add_argument("--dir", default=None, help="where the text and caches go (default: a temporary folder)")
-    parser.add_argument("--text", default=None, help="a text file to use instead of the repeated corpus")
-    args = parser.parse_args(argv)
+def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers: int) -> None:
+    sp = spm.SentencePieceProcessor(model_file=tok_path)
+    runs["free_cores"].append(free_cores(workers))
+    print(f"free cores for {workers} processes right now: {runs['free_cores'][-1]:.2f}", flush=True)
+    for name, fn in (("serial_lines", lambda: serial(former_documents(str(text)), sp, str(workdir / "a.bin"))),
+                     ("serial_paragraphs", lambda: serial(corpus.documents(cfg), sp, str(workdir / "b.bin"))),
+                     ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
+                     ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1))):
+        load = os.getloadavg()[0]
+        n, seconds, cpu = timed(fn)
+        runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "cpu_s": cpu,
+                           "cpu_us_per_token": cpu / n * 1e6, "load_before": load})
+        print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
+              f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+    same_tokens(workdir, ("b.bin", "c.bin", "d.bin"))
+
+
+def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
+    best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
+    cpu_per_token = {k: min(r["cpu_us_per_token"] for r in v) for k, v in runs.items() if k != "free_cores"}
+    rounds = [p["tokens_per_s"] / s["tokens_per_s"] for p, s in zip(runs["prepare"], runs["serial_lines"])]
+    return {"megabytes": text.stat().st_size / 1e6, "cpu_count": os.cpu_count(), "workers": workers,
+            "tokenizer_training_s": tokenizer_s, "runs": runs, "best_tokens_per_s": best,
+            "best_cpu_us_per_token": cpu_per_token,
+            "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
+            "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
+            "speedup_vs_serial_lines_per_round": rounds, "load_average_after": os.getloadavg()[0]}
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__, "prepare_speed")
+    p.add_argument("--mb", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="prepare's processes (0: one per core)")
+    p.add_argument("--dir", default=None, help="where the text and caches go (default: a temporary folder)")
+    p.add_argument("--text", default=None, help="a text file to use instead of the repeated corpus")
+    args = p.parse_args(argv)
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="prepare-speed-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.text and args.results_dir == RESULTS:
+        args.results_dir = workdir  # another text's figures are not the documented ones
     text = Path(args.text) if args.text else workdir / f"corpus-{args.mb}mb.txt"
     if not text.exists():
         build_text(text, args.mb)
@@ -124,39 +150,11 @@ def main(argv=None) -> None:
     timing_path = tok_path if not os.path.exists(tok_path) else str(workdir / "tokenizer-timing.model")
     _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, timing_path))  # timed apart, every run
     print(f"tokenizer training: {tokenizer_s:.1f} s", flush=True)
-    sp = spm.SentencePieceProcessor(model_file=tok_path)
     runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
     for _ in range(args.repeats):
-        runs["free_cores"].append(free_cores(workers))
-        print(f"free cores for {workers} processes right now: {runs['free_cores'][-1]:.2f}", flush=True)
-        for name, fn in (("serial_lines", lambda: serial(former_documents(str(text)), sp, str(workdir / "a.bin"))),
-                         ("serial_paragraphs", lambda: serial(corpus.documents(cfg), sp, str(workdir / "b.bin"))),
-                         ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
-                         ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1))):
-            load = os.getloadavg()[0]
-            n, seconds, cpu = timed(fn)
-            runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "cpu_s": cpu,
-                               "cpu_us_per_token": cpu / n * 1e6, "load_before": load})
-            print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
-                  f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
-        same_tokens(workdir, ("b.bin", "c.bin", "d.bin"))
-    best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
-    cpu_per_token = {k: min(r["cpu_us_per_token"] for r in v) for k, v in runs.items() if k != "free_cores"}
-    rounds = [runs["prepare"][i]["tokens_per_s"] / runs["serial_lines"][i]["tokens_per_s"] for i in range(args.repeats)]
-    result = {"megabytes": text.stat().st_size / 1e6, "cpu_count": os.cpu_count(), "workers": workers,
-              "tokenizer_training_s": tokenizer_s, "runs": runs, "best_tokens_per_s": best,
-              "best_cpu_us_per_token": cpu_per_token,
-              "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
-              "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
-              "speedup_vs_serial_lines_per_round": rounds, "load_average_after": os.getloadavg()[0]}
-    out = workdir / "prepare_speed.json" if args.text else ROOT / "benchmarks" / "results" / "prepare_speed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"tokenizer training {tokenizer_s:.1f} s; prepare is "
-          f"{result['speedup_vs_serial_lines']:.2f}x the former path, {result['speedup_vs_serial_paragraphs']:.2f}x "
-          f"its loop on paragraphs; CPU us/token: prepare {cpu_per_token['prepare']:.3f}, former "
-          f"{cpu_per_token['serial_lines']:.3f}; {out}")
-
-
-if __name__ == "__main__":
-    main()
+        one_round(runs, cfg, text, tok_path, workdir, workers)
+    result = {"command": command("prepare_speed", argv), **summary(runs, text, workers, tokenizer_s)}
+    write_json(args, result)
+    print(f"tokenizer training {tokenizer_s:.1f} s; prepare is {result['speedup_vs_serial_lines']:.2f}x the former "
+          f"path, {result['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs")
+    return result

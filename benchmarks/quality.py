@@ -1,33 +1,32 @@
 """Quality comparison: train each labelled configuration on the same data, seed and budget; compare losses.
 
-    python benchmarks/quality.py --out sltrain --steps 300 -- \\
+    python -m benchmarks quality --out quality_sltrain --steps 300 -- \\
         full "param=full" sltrain "param=sltrain" lowrank "param=lowrank"
+    python -m benchmarks quality --out dct_sweep --parallel 12 --grid optim=dct_adamw optim.lr=0.001,0.003,0.01 \\
+        optim.scale=0.25,1.0 optim.update_gap=1,10,50,200 --extra train.precision=fp32 -- \\
+        "dct_adamw (defaults)" optim=dct_adamw "full adamw (defaults)" optim=adamw
 
 Each label runs train.py for real (torchrun when --nproc > 1) on ../shared/data/wikitext103_valid.txt
-(last 10% held out). Prints final validation loss / perplexity and the ratio to the first label, writes
-benchmarks/results/quality_<out>.json and a loss-curve plot benchmarks/results/quality_<out>.png.
+(last 10% held out). --grid adds one run per point of the product of its KEY=V1,V2,... lists (a sweep);
+--parallel runs that many at once (on a GPU the 20m runs leave it mostly idle; their tokens/s are then not a
+speed figure: `speed` measures speed alone); --extra overrides go to every run. A failed run stops the
+benchmark, or with --keep-going (implied by --grid) is recorded and the others go on. Prints final validation
+loss and the ratio to the first label (best first for a grid), writes <out>.json and a loss-curve plot <out>.png.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import itertools
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.harness import ROOT, command, parser, pyplot, read_metrics, relative, run_train, split_overrides
+from benchmarks.harness import write_json
+
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
-
-
-def relative(text: str) -> str:
-    """Paths in the saved results relative to the repository, so they mean the same on every machine."""
-    return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
 
 
 def base_overrides(args) -> list[str]:
@@ -37,32 +36,34 @@ def base_overrides(args) -> list[str]:
         f"train.micro_batch_size={args.micro_batch}", f"train.eval_every={max(1, args.steps // args.evals)}",
         f"train.eval_batches={args.eval_batches}", f"train.save_every={args.steps}", "train.resume=never",
         f"train.seed={args.seed}", f"train.threads={args.threads}", "log.progress=lines", "log.wandb=disabled",
-        f"run.out_dir={RESULTS / 'runs' / args.out}",
+        f"run.out_dir={args.results_dir / 'runs' / args.out}",
     ]
 
 
-def command(overrides: list[str], nproc: int) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, str(ROOT / "train.py"), *overrides]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-            "--max-restarts=0", str(ROOT / "train.py"), *overrides]
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def grid_runs(grid: list[str]) -> list[tuple[str, str]]:
+    """(label, overrides) for each point of the product of KEY=V1,V2,... lists."""
+    axes = [[f"{item.split('=', 1)[0]}={v}" for v in item.split("=", 1)[1].split(",")] for item in grid]
+    return [(" ".join(point), " ".join(point)) for point in itertools.product(*axes)]
 
 
 def run_one(label: str, extra: str, args) -> dict:
-    overrides = [*base_overrides(args), f"run.name={label}", *shlex.split(extra)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
-    run_dir = RESULTS / "runs" / args.out / label
+    overrides = [*base_overrides(args), f"run.name={safe(label)}", *shlex.split(extra), *args.extra]
+    run_dir = args.results_dir / "runs" / args.out / safe(label)
     shutil.rmtree(run_dir, ignore_errors=True)  # its own output; a fresh run would append to metrics.jsonl
-    start = time.perf_counter()
-    proc = subprocess.run(command(overrides, args.nproc), cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    proc, wall = run_train(overrides, args.nproc, args.threads)
     if proc.returncode != 0:
-        sys.exit(f"{label}: train.py exited {proc.returncode}\n{proc.stderr[-3000:]}")
-    return collect(label, extra, run_dir, wall)
+        error = f"{label}: train.py exited {proc.returncode}\n{proc.stderr[-3000:]}"
+        if not args.keep_going:
+            sys.exit(error)
+        print(f"[quality] {label}: FAILED {error[-500:]}", flush=True)
+        return {"label": label, "overrides": extra, "error": error[-2000:]}
+    result = collect(label, extra, run_dir, wall)
+    print(f"[quality] {label}: final val loss {result['final_val_loss']:.4f} ({wall:.0f} s)", flush=True)
+    return result
+
+
+def safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
 
 
 def collect(label: str, extra: str, run_dir: Path, wall: float) -> dict:
@@ -77,72 +78,53 @@ def collect(label: str, extra: str, run_dir: Path, wall: float) -> dict:
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
+    for r in (r for r in results if "error" not in r):
         steps, losses = zip(*r["train_curve"])
         window = max(1, len(losses) // 30)
-        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1]) for i in range(len(losses))]
+        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+                  for i in range(len(losses))]
         ax_train.plot(steps, smooth, label=r["label"])
         ax_val.plot(*zip(*r["val_curve"]), marker="o", label=r["label"])
     ax_train.set(xlabel="step", ylabel="train loss (smoothed)", title=title)
     ax_val.set(xlabel="step", ylabel="validation loss", title="validation")
     for ax in (ax_train, ax_val):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def table(results: list[dict]) -> str:
-    ref = results[0]["final_val_loss"]
-    ref_speed = results[0]["tokens_per_s_median"]
-    lines = [f"{'label':<16} {'val loss':>9} {'ppl':>9} {'loss/ref':>9} {'tok/s':>9} {'speed/ref':>9} {'trainable':>11}"]
-    for r in results:
-        speed = r["tokens_per_s_median"] or 0.0
-        lines.append(f"{r['label']:<16} {r['final_val_loss']:>9.4f} {2.718281828 ** r['final_val_loss']:>9.2f} "
-                     f"{r['final_val_loss'] / ref:>9.4f} {speed:>9.0f} {speed / ref_speed if ref_speed else 0:>9.3f} "
-                     f"{r['params_trainable'] or 0:>11,}")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="tag for the results files")
-    parser.add_argument("--model", default="20m")
-    parser.add_argument("--data", default=str(WIKITEXT))
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--micro-batch", type=int, default=16)
-    parser.add_argument("--evals", type=int, default=5, help="validation points per run")
-    parser.add_argument("--eval-batches", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--nproc", type=int, default=1)
-    parser.add_argument("runs", nargs="+", help="label overrides [label overrides ...]")
-    args = parser.parse_args(argv)
-    if len(args.runs) % 2:
-        parser.error("runs come in pairs: label \"overrides\"")
+def parse(argv):
+    options, pairs = split_overrides(argv)
+    p = parser(__doc__, None)
+    p.add_argument("--model", default="20m")
+    p.add_argument("--data", default=str(WIKITEXT))
+    for name, default in (("steps", 300), ("seq-len", 128), ("vocab-size", 4096), ("batch", 16), ("micro-batch", 16),
+                          ("evals", 5), ("eval-batches", 16), ("seed", 0), ("threads", 1), ("nproc", 1), ("parallel", 1)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="a sweep over these values")
+    p.add_argument("--extra", nargs="+", default=[], help="overrides for every run")
+    p.add_argument("--keep-going", action="store_true", help="record a failed run and go on")
+    args = p.parse_args(options)
+    if len(pairs) % 2:
+        p.error("runs come in pairs after `--`: label \"overrides\"")
     if not Path(args.data).is_file():
-        parser.error(f"--data {args.data} does not exist")
-    results = []
-    for label, extra in zip(args.runs[::2], args.runs[1::2]):
-        print(f"[quality] {label}: {extra}", flush=True)
-        results.append(run_one(label, extra, args))
-        print(f"[quality] {label}: final val loss {results[-1]['final_val_loss']:.4f} ({results[-1]['wall_s']:.0f} s)", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"date": time.strftime("%Y-%m-%d"), "command": relative(" ".join(shlex.quote(a) for a in sys.argv)),
-              "settings": [relative(o) for o in base_overrides(args)], "results": results}
-    (RESULTS / f"quality_{args.out}.json").write_text(json.dumps(report, indent=1))
-    plot(results, RESULTS / f"quality_{args.out}.png", f"{args.model}, {args.steps} steps")
-    print(table(results))
+        p.error(f"--data {args.data} does not exist")
+    args.keep_going |= bool(args.grid)
+    return args, (grid_runs(args.grid) if args.grid else []) + list(zip(pairs[::2], pairs[1::2]))
 
 
-if __name__ == "__main__":
-    main()
+def main(argv=None) -> dict:
+    args, runs = parse(argv)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = list(pool.map(lambda run: run_one(*run, args), runs))
+    report = {"command": command("quality", argv), "settings": [relative(o) for o in base_overrides(args) + args.extra],
+              "results": results}
+    write_json(args, report)
+    plot(results, args.results_dir / f"{args.out}.png", f"{args.model}, {args.steps} steps")
+    from benchmarks.report import quality_table
+
+    print(quality_table(report, best_first=bool(args.grid)))
+    return report

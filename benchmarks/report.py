@@ -1,7 +1,8 @@
-"""Render docs/RESULTS.md from benchmarks/results/*.json (written by the benchmark scripts).
+"""Render docs/RESULTS.md from the JSON the suite's entries write (benchmarks/suite.py); the benchmarks print
+their own sections of it too.
 
-Every number in the report comes from a JSON a script wrote in a run here; a figure whose JSON is
-missing is shown as "not yet measured", never estimated.
+Every number in the report comes from a JSON a benchmark wrote in a run here, and only from a file some suite
+entry produces; a figure whose JSON is missing is shown as "not yet measured", never estimated.
 """
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
+from benchmarks.memory_scale import memory_scale_section, memory_scale_targets
+from benchmarks.suite import produced
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "RESULTS.md"
 NOT_MEASURED = "not yet measured"
 
 
 def load(name: str) -> dict | None:
+    """A results file the suite produces (any other is refused: the page shows only what the suite ran)."""
+    if f"{name}.json" not in produced():
+        raise KeyError(f"{name}.json is produced by no suite entry")
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -35,11 +41,9 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads available, torch {torch.__version__}, Python {platform.python_version()}"
 
 
-# --- sections --------------------------------------------------------------------------------------
 def memory_row(mem, size, p, o):
-    if mem is None:
-        return None
-    return next((r for r in mem["rows"] if r["size"] == size and r["param"] == p and r["optim"] == o and "error" not in r), None)
+    rows = (mem or {}).get("rows", [])
+    return next((r for r in rows if r["size"] == size and r["param"] == p and r["optim"] == o and "error" not in r), None)
 
 
 def memory_section(mem) -> str:
@@ -59,35 +63,43 @@ def memory_section(mem) -> str:
     return (f"Measured from the tensors after two optimizer steps (fp32, vocab 32000, batch {mem['batch']} x {mem['seq_len']}); "
             "\"state\" = trainable parameters + gradients + optimizer state. Peak step memory: the process's peak "
             "resident memory during one training step minus its memory before the model was built. "
-            f"`{mem['command']}`, {mem['date']}.\n\n" + "\n".join(lines) + "\n\n![memory](../benchmarks/results/memory.png)\n")
+            f"`{mem['command']}`, {mem['date']}.\n\n" + "\n".join(lines) + "\n")
 
 
 def speed_section(speed) -> str:
     if speed is None:
         return f"Speed: {NOT_MEASURED}.\n"
-    lines = ["| combination | ms / step | tokens / s | speed vs full-rank AdamW |", "|---|---|---|---|"]
-    lines += [f"| {r['combo']} | {r['step_s'] * 1000:.0f} | {r['tokens_per_s']:.0f} | {r['speed_ratio']:.3f} |" for r in speed["rows"]]
+    mfu = any("mfu" in r for r in speed["rows"])
+    lines = ["| combination | ms / step | tokens / s | speed vs full-rank AdamW |" + " MFU |" * mfu, "|---|---|---|---|" + "---|" * mfu]
+    lines += [f"| {r['combo']} | {r['step_s'] * 1000:.0f} | {r['tokens_per_s']:.0f} | {fmt(r['speed_ratio'])} |"
+              + (f" {fmt(r.get('mfu'))} |" if mfu else "") for r in speed["rows"]]
     lines += [f"| {k} | refused: {v[:100]} | | |" for k, v in speed.get("not_supported", {}).items()]
     return (f"{speed['size']} model, batch {speed['batch']} x {speed['seq_len']}, {speed['threads']} thread(s); steps timed "
             f"interleaved (medians). `{speed['command']}`, {speed['date']}.\n\n" + "\n".join(lines) + "\n")
 
 
-def quality_section(q) -> str:
-    if q is None:
-        return f"Quality: {NOT_MEASURED}.\n"
-    ref = q["results"][0]["final_val_loss"]
+def quality_table(q, best_first: bool = False) -> str:
+    done = [r for r in q["results"] if "error" not in r]
+    ref = done[0]["final_val_loss"] if done else None
     lines = ["| run | overrides | trainable params | first val loss | final val loss | final ppl | loss vs full | tokens/s |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in q["results"]:
+    lines += [f"| {r['label']} | `{r['overrides']}` | failed | | | | | |" for r in q["results"] if "error" in r]
+    for r in sorted(done, key=lambda r: r["final_val_loss"]) if best_first else done:
         lines.append(f"| {r['label']} | `{r['overrides']}` | {r['params_trainable'] or 0:,} | {r['first_val_loss']:.3f} | "
                      f"{r['final_val_loss']:.4f} | {2.718281828 ** r['final_val_loss']:.1f} | {r['final_val_loss'] / ref:.4f} | "
                      f"{r['tokens_per_s_median'] or 0:.0f} |")
+    return "\n".join(lines)
+
+
+def quality_section(q) -> str:
+    if q is None:
+        return f"Quality: {NOT_MEASURED}.\n"
     return ("Read these as early-training figures: at this CPU budget (200 steps of 512-token batches, ~100k tokens) full "
             "rank trails every low-memory method by 2-6% (tiny, noisy batches favour fewer trainable directions); the "
             "longer runs below (4x the tokens per step, 2x the steps) are the ones that show the published ordering "
             "(full <= SLTrain / SST < low-rank).\n\n"
             f"Same seed, data and token budget for every run. `{q['command']}`, {q['date']}. Settings: "
-            f"`{' '.join(s for s in q['settings'] if not s.startswith('run.out_dir'))}`.\n\n" + "\n".join(lines)
+            f"`{' '.join(s for s in q['settings'] if not s.startswith('run.out_dir'))}`.\n\n" + quality_table(q)
             + "\n\n![loss curves](../benchmarks/results/quality_suite.png)\n")
 
 
@@ -116,7 +128,7 @@ def dct_section(d) -> str:
     ratios = d.get("ratios_dct_over_galore_torch", {})
     extra = "".join(f"- DCT / galore-torch {k.replace('_', ' ')}: {v:.3f}\n" for k, v in ratios.items())
     return (f"{d.get('num_matrices')} matrices of the {d['size']} model, rank {d['rank']}, {d['threads']} thread(s). "
-            f"`python {d['command']}`, {d['date']}.\n\n" + "\n".join(lines) + "\n\n" + extra)
+            f"`{'' if d['command'].startswith('python') else 'python '}{d['command']}`, {d['date']}.\n\n" + "\n".join(lines) + "\n\n" + extra)
 
 
 def lines(table) -> str:
@@ -129,9 +141,9 @@ def flag_section(cost, *robust) -> str:
     if cost is None:
         out.append(f"Aggregation cost: {NOT_MEASURED}.\n")
     else:
-        out.append(f"Aggregation cost, p = 4 gloo processes (`python benchmarks/flag_cost.py`):\n\n```\n{lines(cost.get('table'))}\n```\n")
+        out.append(f"Aggregation cost, p = 4 gloo processes (`python -m benchmarks flag_cost`):\n\n```\n{lines(cost.get('table'))}\n```\n")
     if all(r is None for r in robust):
-        out.append(f"Robustness: {NOT_MEASURED} (run `python benchmarks/flag_robustness.py`).\n")
+        out.append(f"Robustness: {NOT_MEASURED} (run `python -m benchmarks flag_robustness`).\n")
     for r in filter(None, robust):
         a = r.get("args", {})
         per_worker = a.get("batch", 0) // max(1, a.get("nproc", 1))
@@ -139,11 +151,10 @@ def flag_section(cost, *robust) -> str:
         options = f"--nproc {a.get('nproc')} --byzantine {len(ranks)} " if a.get("nproc", 4) != 4 else ""
         out.append(f"Robustness: {a.get('nproc')} processes, ranks {ranks} Byzantine, debug model, {a.get('steps')} steps, "
                    f"{per_worker} sequences of {a.get('seq_len')} tokens per worker and step "
-                   f"(`python benchmarks/flag_robustness.py {options}--aggs {' '.join(a.get('aggs', []))}`):\n\n```\n{lines(r.get('table'))}\n```\n")
+                   f"(`python -m benchmarks flag_robustness {options}--aggs {' '.join(a.get('aggs', []))}`):\n\n```\n{lines(r.get('table'))}\n```\n")
     return "\n".join(out)
 
 
-# --- one row per strategy ----------------------------------------------------------------------
 STRATEGIES = [("full rank AdamW (baseline)", "full", "adamw", "full"), ("SLTrain", "sltrain", "adamw", "sltrain"),
               ("low-rank (SLTrain, delta 0)", "lowrank", "adamw", "lowrank"), ("SST", "sst", "adamw", "sst"),
               ("DCT low-rank AdamW", "full", "dct_adamw", "dct_adamw"), ("GaLore, our SVD projector", "full", "galore_adamw", "galore_adamw"),
@@ -167,7 +178,6 @@ def summary(mem, speed, q) -> str:
     return "\n".join(out) + "\n"
 
 
-# --- targets ---------------------------------------------------------------------------------------
 def targets(mem, q, d) -> str:
     sl = memory_row(mem, "130m", "sltrain", "adamw")
     sst = memory_row(mem, "130m", "sst", "adamw")
@@ -188,70 +198,11 @@ def targets(mem, q, d) -> str:
     else:
         lines.append(f"| each strategy's final loss within 5% of full rank | {NOT_MEASURED} | {NOT_MEASURED} |")
     lines += memory_scale_targets(load("memory_scale"))
-    for name in ("full-rank 1b MFU >= 40% (GPU)", "SLTrain throughput >= 0.9x full rank (GPU, 350m bf16)",
-                 "DCT throughput >= 0.9x full rank (GPU, 350m bf16)"):
-        gpu = load("gpu")
-        lines.append(f"| {name} | {NOT_MEASURED if gpu is None else 'see GPU section'} | {NOT_MEASURED if gpu is None else 'see GPU section'} |")
+    shown = NOT_MEASURED if load("gpu") is None else "see GPU section"
+    lines += [f"| {name} | {shown} | {shown} |" for name in ("full-rank 1b MFU >= 40% (GPU)",
+              "SLTrain throughput >= 0.9x full rank (GPU, 350m bf16)", "DCT throughput >= 0.9x full rank (GPU, 350m bf16)")]
     return "\n".join(lines) + "\n"
 
-
-GIB = 2**30
-
-
-def memory_scale_section(ms, low_full, low_sltrain) -> str:
-    """benchmarks/memory_scale.py's estimator rows, its real-tensor checks, and the low-memory quality runs."""
-    if ms is None:
-        return f"{NOT_MEASURED}: run `python benchmarks/memory_scale.py --real`.\n"
-    out = ["Peak bytes of one training step of one process, from `python -m trainer.memory` (FakeTensorMode + "
-           "MemTracker on CPU: nothing allocated; vocabulary 32000, 256-token sequences; weights / gradients / "
-           "optimizer state / activations + temporaries at the moment of the peak). Command: "
-           f"`{ms['command']}`; settings `{' '.join(ms['common'])}`. The peer row is galore-torch's 8-bit per-layer "
-           "GaLore (bf16 weights, rank 1024, step inside backward), counted through its stand-in `optim=galore_adamw "
-           "optim.state_dtype=int8`, whose state holds 0.991x the real GaLoreAdamW8bit's bytes "
-           "(tests/optim/test_galore_torch_peer.py), because bitsandbytes' kernels fail under fake tensors.\n"]
-    for setting, rows in ms["results"].items():
-        out += [f"\n**{setting}** (GiB)\n", "| configuration | weights | grads | optimizer state | act + temp | **peak** | estimate s |",
-                "|---|---|---|---|---|---|---|"]
-        for label, r in rows.items():
-            if "error" in r:
-                out.append(f"| {label} | {r['error']} | | | | | |")
-                continue
-            b = r["bytes"]
-            act = b["activations"] + b["temporaries"] + b.get("inputs", 0)
-            out.append(f"| {label} | {b['weights'] / GIB:.2f} | {b['gradients'] / GIB:.2f} | {b['optimizer_state'] / GIB:.2f} "
-                       f"| {act / GIB:.2f} | **{b['total'] / GIB:.2f}** | {r['wall_s']:.0f} |")
-    out.append("\n![memory at 7b](../benchmarks/results/memory_scale.png)\n")
-    for name, r in (ms.get("real") or {}).items():
-        out.append(f"- real CPU tensors, {name} (`{' '.join(r['overrides'])}`): measured {r['measured'] / GIB:.3f} GiB, "
-                   f"estimated {r['estimated'] / GIB:.3f} GiB, measured / estimated {r['ratio']:.4f}")
-    if "best_over_today_1b" in ms:
-        out.append(f"- estimated best / today's mode at 1b: {ms['best_over_today_1b']:.3f}")
-    for q in (low_full, low_sltrain):
-        if q is not None:
-            ref, low = q["results"][0], q["results"][1]
-            out.append(f"- quality, 20m 400 steps x 2048 tokens (`{q['command']}`): {ref['label']} {ref['final_val_loss']:.4f}, "
-                       f"{low['label']} (pure bf16 + int8 states + step in backward) {low['final_val_loss']:.4f} "
-                       f"= {low['final_val_loss'] / ref['final_val_loss']:.4f}x")
-    return "\n".join(out) + "\n"
-
-
-def memory_scale_targets(ms) -> list[str]:
-    rows = (ms or {}).get("results", {}).get("7b, 1 x 256", {})
-
-    def total(label):
-        r = rows.get(label)
-        return None if r is None or "error" in r else r["bytes"]["total"] / GIB
-
-    best = min((t for t in map(total, rows) if t is not None), default=None)
-    checks = [("7b step at 1 x 256, best configuration <= 15 GiB (estimated)", best, lambda v: v <= 15),
-              ("7b dct_adamw + 8-bit + step in backward <= 20 GiB (estimated)",
-               total("... + dct_adamw (rank 1024 at 7b)"), lambda v: v <= 20),
-              ("7b sltrain + 8-bit + step in backward <= 17 GiB (estimated)",
-               total("sltrain + pure bf16 + step in backward + 8-bit AdamW"), lambda v: v <= 17),
-              ("estimated best / today's mode at 1b <= 0.25", (ms or {}).get("best_over_today_1b"), lambda v: v <= 0.25)]
-    for name, r in ((ms or {}).get("real") or {}).items():
-        checks.append((f"real vs estimated peak within 2% ({name})", r["ratio"], lambda v: abs(v - 1) <= 0.02))
-    return [f"| {name} | {fmt(v)} | {verdict(v, ok)} |" for name, v, ok in checks]
 
 
 PAPERS = """These are the papers' numbers (shared/METHODS.md), not ours; their setting (C4 or OpenWebText,
@@ -271,13 +222,13 @@ def write_report() -> Path:
     mem, speed, q, d = load("memory"), load("speed"), load("quality_suite"), load("dct_vs_galore")
     cost, robust, gpu = load("flag_cost"), (load("flag_robustness"), load("flag_robustness_p8")), load("gpu")
     gpu_text = (f"GPU figures (350m and 1b in bf16, MFU of full-rank 1b, the largest model each strategy fits): {NOT_MEASURED}. "
-                "No GPU was available to the sessions that produced this report; `python benchmarks/gpu.py` measures "
+                "No GPU was available to the sessions that produced this report; the suite's `gpu` entries measure "
                 "them on a CUDA machine and this section is then regenerated from benchmarks/results/gpu.json.\n"
-                if gpu is None else "```\n" + json.dumps(gpu, indent=1)[:4000] + "\n```\n")
+                if gpu is None else speed_section(gpu) + "\n" + memory_section(load("gpu_memory")))
     text = f"""# Results: memory, speed and quality of every strategy
 
-Regenerate: `python benchmarks/suite.py` (the CPU suite end to end, then this page), or
-`python benchmarks/suite.py --report-only` to re-render from benchmarks/results/*.json.
+Regenerate: `python -m benchmarks suite` (the CPU suite end to end, then this page), or
+`python -m benchmarks suite --report-only` to re-render from the suite's files in benchmarks/results/.
 Machine: {machine()}, 2 cores shared with other work (figures are medians and ratios measured within one run).
 
 ## Every strategy at a glance
@@ -295,6 +246,8 @@ Machine: {machine()}, 2 cores shared with other work (figures are medians and ra
 ## Memory
 
 {memory_section(mem)}
+![memory](../benchmarks/results/memory.png)
+
 ## Speed
 
 {speed_section(speed)}
@@ -313,7 +266,3 @@ Machine: {machine()}, 2 cores shared with other work (figures are medians and ra
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)
     return DOC
-
-
-if __name__ == "__main__":
-    print(write_report())

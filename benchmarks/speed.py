@@ -1,113 +1,126 @@
 """Training speed of every param x optim combination vs full-rank AdamW: tokens/s and step-time ratio.
 
-    python benchmarks/speed.py [--size 20m] [--batch 8] [--seq-len 128] [--repeats 12]
-    python benchmarks/speed.py --compile --params full sltrain --optims adamw   # train.compile vs eager
-    python benchmarks/speed.py --params full --optims adamw dct_adamw --steps-per-sample 10 \
+    python -m benchmarks speed [--sizes 20m] [--batch 8] [--seq-len 128] [--repeats 12]
+    python -m benchmarks speed --compile --params full sltrain --optims adamw --out speed_compile   # compiled vs eager
+    python -m benchmarks speed --params full --optims adamw dct_adamw --steps-per-sample 10 \\
         --variant "full+dct_adamw T=10" "optim.update_gap=10"     # extra combinations: "param+optim label", overrides
+    python -m benchmarks speed --params full sst --optims adamw --batch 16 --hook-steps 1200 --out sst_throughput
+    python -m benchmarks speed --device cuda --bf16 --sizes 350m 1b --out gpu   # GPU: tokens/s, MFU, peak memory
 
-All combinations are built in one process on the same model size and batch; their training steps
-(forward, backward, optimizer step) are timed interleaved, round-robin, so each sees the same machine
-load, and the median of --repeats samples is reported. A sample is --steps-per-sample training steps (per
-step in the table): optimizers with a periodic refresh (a new projection every T steps) are timed including
-their refreshes at the configured gap, exactly amortised when the sample length is a multiple of T. Writes
-benchmarks/results/speed.json. With --compile each combination also runs with its blocks compiled as
-`train.compile=true` does (trainer/compile.py; compiled in the untimed warm-up step), and the
-compiled/eager tokens/s ratio is printed and written to benchmarks/results/speed_compile.json instead.
+All combinations are built in one process; their training steps (forward, backward, optimizer step, then the
+param strategy's step hook with the trainer's own engine ops) are timed interleaved, so each sees the same machine
+load: the median of --repeats samples of --steps-per-sample steps. A periodic refresh every T steps is amortised
+exactly when T divides the sample length; work every few hundred steps (SST's resampling) is amortised with
+--hook-steps N instead: the hook alone runs for steps 1..N (one cycle of its schedule), and its mean minus its
+median per step (the median is in every timed step already) is added. Overrides after `--` go to every combination;
+--compile adds a twin of each with `train.compile=true` (compiled in the untimed first step, whose time each row
+keeps). On a GPU the rows also hold MFU (trainer/throughput.py's formula and peak table) and the allocator's peak.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
+import statistics
 
 import torch
 
-from harness import RESULTS, build, timed_round_robin, train_step
-from memory import OPTIMS, PARAMS
+from benchmarks.harness import add_combo_args, build, combos, command, engine_ops, parser, split_overrides
+from benchmarks.harness import sync, timed, timed_round_robin, train_step, write_json
 
-from trainer.compile import maybe_compile  # noqa: E402  (harness put the repository on sys.path)
+
+def build_all(args, overrides: list[str], size: str) -> tuple[dict, dict]:
+    built, skipped = {}, {}
+    for c in combos(args, overrides):
+        try:
+            built[c.label] = build(size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len,
+                                   device=args.device)
+            engine_ops(built[c.label], args.device)
+        except (ValueError, ImportError, torch.OutOfMemoryError) as e:
+            skipped[c.label] = str(e).splitlines()[0]
+    return built, skipped
+
+
+def hook_cost(b, steps: int) -> float:
+    """Seconds per step of the strategy's periodic hook work, amortised over steps 1..steps (see the top)."""
+    if b.ops is None or steps < 2:
+        return 0.0
+    device = next(b.model.parameters()).device
+    times = [timed(lambda s: (b.strategy.on_step_end(s, b.ops), sync(device)), step)[1] for step in range(1, steps + 1)]
+    return statistics.mean(times) - statistics.median(times)
+
+
+def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
+    built, skipped = build_all(args, overrides, size)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen).to(args.device)
+    # The untimed first step allocates state, does the first refresh and compiles.
+    first_s = {k: timed(train_step, b, tokens, 1, args.bf16)[1] for k, b in built.items()}
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    steps = {k: 1 for k in built}
+
+    def sample(k, n=args.steps_per_sample):
+        for _ in range(n):
+            steps[k] += 1
+            train_step(built[k], tokens, steps[k], autocast=args.bf16)
+
+    medians = timed_round_robin({k: (lambda k=k: sample(k)) for k in built}, args.repeats)
+    rows = []
+    for k, t in medians.items():
+        hook_s = hook_cost(built[k], args.hook_steps)
+        rows.append({"combo": k, "size": size, "param": k.split("+")[0], "optim": k.split("+")[1].split()[0],
+                     "step_s": t / args.steps_per_sample + hook_s, "periodic_hook_s": hook_s, "first_step_s": first_s[k],
+                     "params": sum(x.numel() for x in built[k].model.parameters())})
+    return rows, skipped
+
+
+def finish_rows(rows: list[dict], args) -> None:
+    """Tokens/s, the ratio to full-rank AdamW of the same size, and (on a GPU) MFU."""
+    from models import shape_for
+    from trainer import throughput as tp
+
+    peak = tp.peak_tflops(torch.cuda.get_device_name()) if args.device == "cuda" else None
+    for r in rows:
+        r["tokens_per_s"] = args.batch * args.seq_len / r["step_s"]
+        ref = next((x for x in rows if x["size"] == r["size"] and x["combo"] == "full+adamw"), None)
+        r["speed_ratio"] = ref["step_s"] / r["step_s"] if ref else None
+        eager = next((x for x in rows if x["size"] == r["size"] and f"{x['combo']} compiled" == r["combo"]), None)
+        if eager:  # a --compile twin: its own eager run is the reference
+            r["compiled_over_eager"] = eager["step_s"] / r["step_s"]
+        if peak:
+            r["mfu"] = tp.flops_per_token(shape_for(r["size"]), args.vocab, args.seq_len) * r["tokens_per_s"] / (peak * 1e12)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="20m")
-    parser.add_argument("--vocab", type=int, default=4096, help="the trained tokenizer's size (as in the quality runs)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--params", nargs="+", default=PARAMS)
-    parser.add_argument("--optims", nargs="+", default=OPTIMS)
-    parser.add_argument("--compile", action="store_true", help="also time each combination with compiled blocks")
-    parser.add_argument("--out", default="speed", help="results file benchmarks/results/<out>.json")
-    parser.add_argument("--steps-per-sample", type=int, default=1, help="training steps per timed sample")
-    parser.add_argument("--variant", nargs=2, action="append", default=[], metavar=("LABEL", "OVERRIDES"),
-                        help="an extra combination: its label ('param+optim' then any words) and its overrides")
-    args = parser.parse_args(argv)
+    options, overrides = split_overrides(argv)
+    p = parser(__doc__, "speed")
+    p.add_argument("--sizes", "--size", nargs="+", default=["20m"])
+    p.add_argument("--vocab", type=int, default=4096, help="the trained tokenizer's size (as in the quality runs)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=12)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
+    p.add_argument("--compile", action="store_true", help="also each combination with compiled blocks")
+    p.add_argument("--steps-per-sample", type=int, default=1, help="training steps per timed sample")
+    p.add_argument("--hook-steps", type=int, default=0, help="amortise the strategy hook's periodic work over 1..N")
+    add_combo_args(p)
+    args = p.parse_args(options)
+    if args.compile:  # a twin of each combination: "<label> compiled", train.compile=true
+        args.variant += [(f"{c.label} compiled", " ".join([*c.extra, "train.compile=true"])) for c in combos(args, [])]
     torch.set_num_threads(args.threads)
-    tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
-    built, skipped = {}, {}
-    for p in args.params:
-        for o in args.optims:
-            try:
-                built[f"{p}+{o}"] = build(args.size, p, o, vocab=args.vocab, seq_len=args.seq_len)
-            except ValueError as e:
-                skipped[f"{p}+{o}"] = str(e)
-    for label, overrides in args.variant:
-        param_name, optim_name = label.split()[0].split("+")  # "full+dct_adamw T=10": full, dct_adamw
-        built[label] = build(args.size, param_name, optim_name, extra=overrides.split(), vocab=args.vocab, seq_len=args.seq_len)
-    if args.compile:
-        return compare_compiled(built, tokens, args, argv)
-    for b in built.values():  # warm-up: allocate state, first refresh
-        train_step(b, tokens)
-    n = args.steps_per_sample
-    samples = {k: (lambda b=b: [train_step(b, tokens) for _ in range(n)]) for k, b in built.items()}
-    medians = {k: t / n for k, t in timed_round_robin(samples, args.repeats).items()}
-    ref = medians["full+adamw"]
-    rows = [{"combo": k, "param": k.split("+")[0], "optim": k.split("+")[1].split()[0], "step_s": t,
-             "tokens_per_s": args.batch * args.seq_len / t, "speed_ratio": ref / t} for k, t in medians.items()]
-    report = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:]),
-              "size": args.size, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
-              "rows": rows, "not_supported": skipped}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=1))
-    print(f"{'combination':<24} {'ms/step':>9} {'tokens/s':>9} {'speed vs full':>13}")
-    for r in rows:
-        print(f"{r['combo']:<24} {r['step_s'] * 1000:>9.1f} {r['tokens_per_s']:>9.0f} {r['speed_ratio']:>13.3f}")
-    for k, why in skipped.items():
-        print(f"{k:<24} not supported: {why[:90]}")
+    report = {"command": command("speed", argv), "size": " ".join(args.sizes), "batch": args.batch,
+              "seq_len": args.seq_len, "threads": args.threads, "device": args.device, "torch": torch.__version__}
+    rows, skipped = [], {}
+    for size in args.sizes:
+        size_rows, size_skipped = time_size(args, overrides, size)
+        rows += size_rows
+        skipped |= size_skipped
+    finish_rows(rows, args)
+    report |= {"rows": rows, "not_supported": skipped}
+    if args.device == "cuda":
+        report |= {"gpu": torch.cuda.get_device_name(), "peak_allocated": torch.cuda.max_memory_allocated()}
+    write_json(args, report)
+    from benchmarks.report import speed_section
+
+    print(speed_section(report))
     return report
-
-
-def compare_compiled(built: dict, tokens: torch.Tensor, args, argv) -> dict:
-    """Eager vs compiled blocks, the same combinations and weights, timed interleaved."""
-    runs, compile_s = {}, {}
-    for key in list(built):
-        compiled = build(args.size, key.split("+")[0], key.split("+")[1], vocab=args.vocab, seq_len=args.seq_len)
-        maybe_compile(compiled.model, True)
-        runs[f"{key} eager"], runs[f"{key} compiled"] = built[key], compiled
-    for key, b in runs.items():  # warm-up; the compiled runs compile here
-        start = time.perf_counter()
-        train_step(b, tokens)
-        compile_s[key] = time.perf_counter() - start
-    medians = timed_round_robin({k: (lambda b=b: train_step(b, tokens)) for k, b in runs.items()}, args.repeats)
-    rows = [{"combo": key, "eager_step_s": medians[f"{key} eager"], "compiled_step_s": medians[f"{key} compiled"],
-             "eager_tokens_per_s": tokens[:, 1:].numel() / medians[f"{key} eager"],
-             "compiled_tokens_per_s": tokens[:, 1:].numel() / medians[f"{key} compiled"],
-             "compiled_over_eager": medians[f"{key} eager"] / medians[f"{key} compiled"],
-             "first_step_compiled_s": compile_s[f"{key} compiled"]} for key in built]
-    report = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:]),
-              "size": args.size, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads, "device": "cpu",
-              "torch": torch.__version__, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "speed_compile.json").write_text(json.dumps(report, indent=1))
-    print(f"{'combination':<24} {'eager tok/s':>11} {'compiled tok/s':>14} {'compiled/eager':>14} {'first step (s)':>14}")
-    for r in rows:
-        print(f"{r['combo']:<24} {r['eager_tokens_per_s']:>11.0f} {r['compiled_tokens_per_s']:>14.0f} "
-              f"{r['compiled_over_eager']:>14.3f} {r['first_step_compiled_s']:>14.1f}")
-    return report
-
-
-if __name__ == "__main__":
-    main()
