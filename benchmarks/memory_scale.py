@@ -3,7 +3,7 @@
     python -m benchmarks memory_scale          # 1b and 7b at 1 x 256 tokens, 7b at 16 x 256 with checkpointing
     python -m benchmarks memory_scale --real   # also: real CPU tensors for best@1b and today@350m, vs the estimate
 
-Each row runs `python -m trainer.memory <overrides> --json` in its own process (FakeTensorMode + MemTracker: no
+Each row runs `python -m tools.memory <overrides> --json` in its own process (FakeTensorMode + MemTracker: no
 real allocation). Vocabulary 32000 (the LLaMA tokenizer of the papers' figures). Writes
 <out>.json and <out>.png, and prints the tables of docs/RESULTS.md (rendered from here).
 """
@@ -92,7 +92,7 @@ def memory_scale_section(ms, low_full, low_sltrain) -> str:
 
     if ms is None:
         return f"{NOT_MEASURED}: run `python -m benchmarks memory_scale --real`.\n"
-    out = ["Peak bytes of one training step of one process, from `python -m trainer.memory` (FakeTensorMode + "
+    out = ["Peak bytes of one training step of one process, from `python -m tools.memory` (FakeTensorMode + "
            "MemTracker on CPU: nothing allocated; vocabulary 32000, 256-token sequences; weights / gradients / "
            "optimizer state / activations + temporaries at the moment of the peak). Command: "
            f"`{ms['command']}`; settings `{' '.join(ms['common'])}`. The peer row is galore-torch's 8-bit per-layer "

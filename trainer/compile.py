@@ -8,7 +8,7 @@ unchanged, so converters, optimizers, DeepSpeed and checkpoints see the same mod
 `fullgraph=True` (as torchtitan): a block that cannot be traced whole fails at its first step instead of
 running silently in pieces. The custom autograd functions of param=sltrain (SparseLowRankMatmul) and
 param=sst (_SpectralLinearFn) trace whole, so no block is excluded (tests/trainer/test_compile.py).
-Measured on CPU, 20m, one thread (`python benchmarks/speed.py --compile --params full sltrain --optims adamw`,
+Measured on CPU, 20m, one thread (`python -m benchmarks speed --compile --params full sltrain --optims adamw`,
 two runs on a loaded 2-core machine): compiled/eager tokens/s 0.97 and 1.03 for full rank (parity within
 noise), 1.19 and 1.25 for SLTrain (its dense-weight rebuild fuses); the first step compiles (~25-30 s cold).
 """
