@@ -119,7 +119,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda when available) | cpu | cuda."""
     verify_checkpoint: str = "sizes"
-    """What resume checks against the checkpoint's manifest (trainer/checkpoint.py): sizes (every file there
+    """What resume checks against the checkpoint's manifest (trainer/manifest.py): sizes (every file there
     with its size: milliseconds) | full (also every byte against its hash: one read of the whole checkpoint,
     shared by the ranks) | off (only that the checkpoint was sealed)."""
     peak_tflops: float = 0.0

@@ -21,7 +21,7 @@ import models
 from trainer import precision as prec
 from trainer.config import Config
 from trainer.registry import AGG, OPTIM, PARAM, config_name
-from trainer.strategy import BuildContext
+from trainer.strategy import BuildContext, steps_in_backward
 
 
 @dataclass
@@ -123,13 +123,13 @@ def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int, devic
              for _ in range(accumulation)] for _ in range(steps)]
     batches = [[(r[:, :-1], r[:, 1:]) for r in step] for step in rows]  # as trainer/data.py: views of one row block
     allreduce = AGG.build(config_name(cfg.agg), cfg.agg, ctx).uses_engine_allreduce
-    allreduce = allreduce and not getattr(optimizer, "steps_in_backward", False)
+    allreduce = allreduce and not steps_in_backward(optimizer)
     return Job(model, param_strategy, optimizer, batches, accumulation, prec.autocast_dtype(mode), marks, allreduce)
 
 
 # --- the step: mirrors trainer/engine.py + trainer/loop.py at world size 1; keep them in step -------------
 def forward_backward(job: Job, inputs: torch.Tensor, targets: torch.Tensor, boundary: bool) -> torch.Tensor:
-    if getattr(job.optimizer, "steps_in_backward", False):  # step in backward (trainer/strategy.py's contract)
+    if steps_in_backward(job.optimizer):  # step in backward (trainer/strategy.py's contract)
         job.optimizer.prepare_backward(boundary)
     with torch.autocast(inputs.device.type, dtype=job.autocast or torch.bfloat16, enabled=job.autocast is not None):
         logits = job.model(inputs)  # DeepSpeed's torch_autocast covers the forward only
@@ -169,7 +169,7 @@ def train_step(job: Job, step: int, ops: LocalOps, after_backward=lambda: None) 
     for i, (inputs, targets) in enumerate(micro_batches):
         losses.append(forward_backward(job, inputs, targets, boundary=i == len(micro_batches) - 1))
         after_backward()
-    if not getattr(job.optimizer, "steps_in_backward", False):
+    if not steps_in_backward(job.optimizer):
         grad_norm(job.model)  # the loop reads it before the step (ZeRO-0); a step in backward has freed the grads
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
