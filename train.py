@@ -75,15 +75,9 @@ def run(raw: DictConfig) -> int:
         return build_and_fit(cfg, env, device, run_dir, resume_from, corpus_data)
 
 
-def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str, resume_from: str | None,
-                  corpus_data: data.Corpus) -> int:
-    """Build everything and fit, in a run directory this process holds (`run`)."""
-    os.makedirs(run_dir, exist_ok=True)
-    resolved = write_resolved_config(cfg, run_dir) if env.is_main else {}
-    if env.is_main:
-        runfiles.keep_tokenizer(run_dir, corpus_data.tokenizer_path)
-        signals.clear_preempted(run_dir)
-    model = build_model(cfg, corpus_data.vocab_size)
+def build_parts(cfg: Config, env: DistEnv, device: torch.device, vocab_size: int) -> tuple:
+    """The model converted by the param strategy, then the optimizer and aggregator, all built by name."""
+    model = build_model(cfg, vocab_size)
     ctx = BuildContext(model_size=cfg.model.size, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed)
     param_strategy = PARAM.build(config_name(cfg.param), cfg.param, ctx)
     param_strategy.convert(model)
@@ -97,18 +91,35 @@ def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str,
         from agg.faults import FaultInjector
 
         aggregator = FaultInjector(aggregator, cfg.faults, ctx)
+    return model, param_strategy, optimizer, aggregator
+
+
+def make_trainer(cfg: Config, env: DistEnv, engine: Engine, param_strategy, aggregator, corpus_data: data.Corpus,
+                 run_dir: str, log: MetricsLog) -> Trainer:
+    checkpointer = Checkpointer(engine=engine, cfg=cfg, run_dir=run_dir, vocab_size=corpus_data.vocab_size,
+                                tokenizer_path=corpus_data.tokenizer_path,
+                                strategies={"param": param_strategy, "agg": aggregator},
+                                rank=env.rank, world_size=env.world_size, info=log.info)
+    return Trainer(train=cfg.train, seq_len=cfg.data.seq_len, engine=engine, param=param_strategy, data=corpus_data,
+                   checkpointer=checkpointer, log=log, rank=env.rank, world_size=env.world_size)
+
+
+def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str, resume_from: str | None,
+                  corpus_data: data.Corpus) -> int:
+    """Build everything and fit, in a run directory this process holds (`run`)."""
+    os.makedirs(run_dir, exist_ok=True)
+    resolved = write_resolved_config(cfg, run_dir) if env.is_main else {}
+    if env.is_main:
+        runfiles.keep_tokenizer(run_dir, corpus_data.tokenizer_path)
+        signals.clear_preempted(run_dir)
+    model, param_strategy, optimizer, aggregator = build_parts(cfg, env, device, corpus_data.vocab_size)
     engine = Engine(model=model, optimizer=optimizer, aggregator=aggregator, train=cfg.train,
                     world_size=env.world_size, device=device)
     log = MetricsLog(run_dir, cfg.log, env.is_main, cfg.train.steps, resolved, run_name(cfg))
     log.info(f"run {run_dir}: {cfg.model.size} model, param={config_name(cfg.param)} optim={config_name(cfg.optim)} "
              f"agg={config_name(cfg.agg)}, {env.world_size} process(es) on {device}, ZeRO-{cfg.train.zero_stage}")
     try:
-        checkpointer = Checkpointer(engine=engine, cfg=cfg, run_dir=run_dir, vocab_size=corpus_data.vocab_size,
-                                    tokenizer_path=corpus_data.tokenizer_path,
-                                    strategies={"param": param_strategy, "agg": aggregator},
-                                    rank=env.rank, world_size=env.world_size, info=log.info)
-        trainer = Trainer(train=cfg.train, seq_len=cfg.data.seq_len, engine=engine, param=param_strategy,
-                          data=corpus_data, checkpointer=checkpointer, log=log, rank=env.rank, world_size=env.world_size)
+        trainer = make_trainer(cfg, env, engine, param_strategy, aggregator, corpus_data, run_dir, log)
         code = trainer.fit(resume_from)
         if code == signals.EXIT_PREEMPTED:  # torchrun reports 75 as 1: say "resume me" in files too
             signals.announce_preempted(run_dir, env.is_main, trainer.state.step)

@@ -37,6 +37,19 @@ def balanced_owners(sizes: list[int], world_size: int) -> list[int]:
     return owners
 
 
+def check_arguments(lr, betas, eps, weight_decay, projection: dict, zero: int, step_in_backward: bool) -> None:
+    if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+        raise ValueError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
+    projector, score, error_feedback = projection["projector"], projection["score"], projection["error_feedback"]
+    if projector not in ("dct", "svd") or score not in ("l1", "l2") or error_feedback not in ("off", "fp32", "int8"):
+        raise ValueError(f"invalid projector={projector!r} score={score!r} error_feedback={error_feedback!r}")
+    rank, update_gap, basis = projection["rank"], projection["update_gap"], projection["basis"]
+    if rank < 1 or update_gap < 1 or basis not in proj.BASES or zero not in (0, 1):
+        raise ValueError(f"invalid rank={rank} update_gap={update_gap} basis={basis!r} zero={zero}")
+    if zero and step_in_backward:
+        raise ValueError("optim.zero=1 broadcasts each owner's weights after the step; use optim.step_in_backward=false")
+
+
 class LowRankAdamW(LowMemoryOptimizer):
     """AdamW whose `projected` param groups run Adam in a rank-r subspace of each 2-D gradient.
 
@@ -46,24 +59,20 @@ class LowRankAdamW(LowMemoryOptimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, *,
                  rank: int = 256, projector: str = "dct", basis: str = "dct", update_gap: int = 1, scale: float = 1.0,
                  score: str = "l1", rotate_moments: bool = True, error_feedback: str = "off", fast_dct: str = "auto",
-                 zero: int = 0, group=None, state_dtype: str = "fp32", step_in_backward: bool = False,
-                 stochastic_rounding: bool = True, seed: int = 0):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} weight_decay={weight_decay}")
-        if projector not in ("dct", "svd") or score not in ("l1", "l2") or error_feedback not in ("off", "fp32", "int8"):
-            raise ValueError(f"invalid projector={projector!r} score={score!r} error_feedback={error_feedback!r}")
-        if rank < 1 or update_gap < 1 or basis not in proj.BASES or zero not in (0, 1):
-            raise ValueError(f"invalid rank={rank} update_gap={update_gap} basis={basis!r} zero={zero}")
-        if zero and step_in_backward:
-            raise ValueError("optim.zero=1 broadcasts each owner's weights after the step; use optim.step_in_backward=false")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, projected=False, rank=rank,
-                        projector=projector, basis=basis, update_gap=update_gap, scale=scale, score=score,
-                        rotate_moments=rotate_moments, error_feedback=error_feedback, fast_dct=fast_dct)
-        super().__init__(params, defaults, state_dtype=state_dtype, step_in_backward=step_in_backward,
-                         stochastic_rounding=stochastic_rounding, seed=seed, group=group)
+                 zero: int = 0, group=None, **memory):
+        """`memory`: LowMemoryOptimizer's state_dtype, step_in_backward, stochastic_rounding and seed."""
+        projection = dict(rank=rank, projector=projector, basis=basis, update_gap=update_gap, scale=scale, score=score,
+                          rotate_moments=rotate_moments, error_feedback=error_feedback, fast_dct=fast_dct)
+        check_arguments(lr, betas, eps, weight_decay, projection, zero, memory.get("step_in_backward", False))
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, projected=False, **projection)
+        super().__init__(params, defaults, group=group, **memory)
         for g in self.param_groups:
             if g["projected"] and any(p.ndim != 2 for p in g["params"]):
                 raise ValueError("projected param groups must hold 2-D weights only")
+        self._shard(zero, group)
+
+    def _shard(self, zero: int, group) -> None:
+        """optim.zero=1: each whole matrix's state lives on one owner rank (balanced by size)."""
         self.zero, self.group = zero, group
         self.state_is_sharded = zero == 1  # the trainer saves each rank's state_dict() in its own file
         self.shard_rank, self.shard_world = 0, 1
