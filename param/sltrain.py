@@ -9,7 +9,7 @@ The dense init is thrown away; embeddings, lm_head and norms stay dense.
 
 The matmul goes through `SparseLowRankMatmul`, which saves only (x, B, A, values, support) and
 rebuilds W in backward: FLOPs are those of a dense layer, parameters / gradients / optimizer state
-are not. `delta = 0` is plain low-rank `W = (alpha / r) B A` (also registered as `param=lowrank`,
+are not. `delta = 0` is plain low-rank `W = (alpha / r) B A` (param=lowrank, param/lowrank.py,
 with B drawn like A, since B = 0 and no S would hold every block at zero with zero gradients);
 it never forms W: x -> x A^T -> (.) B^T.
 
@@ -85,29 +85,6 @@ class SLTrainConfig:
         rank = self.resolved(cfg.model.size).rank
         if rank >= hidden:
             raise ValueError(f"param.rank={rank} is not below the model's hidden size {hidden}; lower param.rank")
-
-
-@dataclass
-class LowRankConfig:
-    name: str = "lowrank"
-    rank: int | None = None
-    """r of B A. None: the SLTrain default for model.size (SIZE_DEFAULTS)."""
-    alpha: float | None = None
-    """W = (alpha / rank) B A. None: the SLTrain default for model.size (SIZE_DEFAULTS)."""
-
-    def __post_init__(self):
-        self.as_sltrain()  # same validation
-
-    def as_sltrain(self) -> SLTrainConfig:
-        return SLTrainConfig(name=self.name, rank=self.rank, alpha=self.alpha, delta=0.0, b_init="kaiming")
-
-    def resolved(self, model_size: str) -> "LowRankConfig":
-        """A copy with rank and alpha filled from SIZE_DEFAULTS[model_size] (what a checkpoint records)."""
-        full = self.as_sltrain().resolved(model_size)
-        return dataclasses.replace(self, rank=full.rank, alpha=full.alpha)
-
-    def check(self, cfg) -> None:
-        self.as_sltrain().check(cfg)
 
 
 # --- support ---------------------------------------------------------------------------------------
@@ -292,9 +269,3 @@ class SLTrain(ParamStrategy):
                     state.pop(f"{name}.{key}", None)
                 state[f"{name}.weight"] = module.dense_weight()
         return state
-
-
-@PARAM.register("lowrank", LowRankConfig)
-def build_lowrank(cfg: LowRankConfig, ctx: BuildContext) -> SLTrain:
-    """Plain low-rank W = (alpha / rank) B A: SLTrain with delta = 0 (the quality baseline)."""
-    return SLTrain(cfg.as_sltrain(), ctx)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from models import Llama, shape_for
-from param.sltrain import (SIZE_DEFAULTS, LowRankConfig, SLTrain, SLTrainConfig, SparseLowRankLinear,
+from param.lowrank import LowRankConfig
+from param.sltrain import (SIZE_DEFAULTS, SLTrain, SLTrainConfig, SparseLowRankLinear,
                            SparseLowRankMatmul, draw_support, layer_seed)
 from tests.helpers import compose, run_distributed
 from trainer.config import resolve
