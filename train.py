@@ -7,6 +7,7 @@
 Exit codes: 0 done, 2 bad input (one `error:` line), 75 stopped cleanly to be resumed, 1 anything else;
 a sweep exits with its first failed job's code.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,18 +95,43 @@ def build_parts(cfg: Config, env: DistEnv, device: torch.device, vocab_size: int
     return model, param_strategy, optimizer, aggregator
 
 
-def make_trainer(cfg: Config, env: DistEnv, engine: Engine, param_strategy, aggregator, corpus_data: data.Corpus,
-                 run_dir: str, log: MetricsLog) -> Trainer:
-    checkpointer = Checkpointer(engine=engine, cfg=cfg, run_dir=run_dir, vocab_size=corpus_data.vocab_size,
-                                tokenizer_path=corpus_data.tokenizer_path,
-                                strategies={"param": param_strategy, "agg": aggregator},
-                                rank=env.rank, world_size=env.world_size, info=log.info)
-    return Trainer(train=cfg.train, seq_len=cfg.data.seq_len, engine=engine, param=param_strategy, data=corpus_data,
-                   checkpointer=checkpointer, log=log, rank=env.rank, world_size=env.world_size)
+def make_trainer(
+    cfg: Config,
+    env: DistEnv,
+    engine: Engine,
+    param_strategy,
+    aggregator,
+    corpus_data: data.Corpus,
+    run_dir: str,
+    log: MetricsLog,
+) -> Trainer:
+    checkpointer = Checkpointer(
+        engine=engine,
+        cfg=cfg,
+        run_dir=run_dir,
+        vocab_size=corpus_data.vocab_size,
+        tokenizer_path=corpus_data.tokenizer_path,
+        strategies={"param": param_strategy, "agg": aggregator},
+        rank=env.rank,
+        world_size=env.world_size,
+        info=log.info,
+    )
+    return Trainer(
+        train=cfg.train,
+        seq_len=cfg.data.seq_len,
+        engine=engine,
+        param=param_strategy,
+        data=corpus_data,
+        checkpointer=checkpointer,
+        log=log,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
 
 
-def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str, resume_from: str | None,
-                  corpus_data: data.Corpus) -> int:
+def build_and_fit(
+    cfg: Config, env: DistEnv, device: torch.device, run_dir: str, resume_from: str | None, corpus_data: data.Corpus
+) -> int:
     """Build everything and fit, in a run directory this process holds (`run`)."""
     os.makedirs(run_dir, exist_ok=True)
     resolved = write_resolved_config(cfg, run_dir) if env.is_main else {}
@@ -113,11 +139,19 @@ def build_and_fit(cfg: Config, env: DistEnv, device: torch.device, run_dir: str,
         runfiles.keep_tokenizer(run_dir, corpus_data.tokenizer_path)
         signals.clear_preempted(run_dir)
     model, param_strategy, optimizer, aggregator = build_parts(cfg, env, device, corpus_data.vocab_size)
-    engine = Engine(model=model, optimizer=optimizer, aggregator=aggregator, train=cfg.train,
-                    world_size=env.world_size, device=device)
+    engine = Engine(
+        model=model,
+        optimizer=optimizer,
+        aggregator=aggregator,
+        train=cfg.train,
+        world_size=env.world_size,
+        device=device,
+    )
     log = MetricsLog(run_dir, cfg.log, env.is_main, cfg.train.steps, resolved, run_name(cfg))
-    log.info(f"run {run_dir}: {cfg.model.size} model, param={config_name(cfg.param)} optim={config_name(cfg.optim)} "
-             f"agg={config_name(cfg.agg)}, {env.world_size} process(es) on {device}, ZeRO-{cfg.train.zero_stage}")
+    log.info(
+        f"run {run_dir}: {cfg.model.size} model, param={config_name(cfg.param)} optim={config_name(cfg.optim)} "
+        f"agg={config_name(cfg.agg)}, {env.world_size} process(es) on {device}, ZeRO-{cfg.train.zero_stage}"
+    )
     try:
         trainer = make_trainer(cfg, env, engine, param_strategy, aggregator, corpus_data, run_dir, log)
         code = trainer.fit(resume_from)
@@ -144,8 +178,11 @@ def run_job(raw: DictConfig) -> int:
 
 # conf/ beside this file, also when train.main() is called from an import (Hydra resolves a relative
 # config_path against the calling module then, which finds no `conf` package).
-@hydra.main(version_base="1.3", config_path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"),
-            config_name="config")
+@hydra.main(
+    version_base="1.3",
+    config_path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"),
+    config_name="config",
+)
 def hydra_task(raw: DictConfig) -> int:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:  # each job its own run directory

@@ -1,4 +1,5 @@
 """`agg` strategies: how workers' gradients are combined. Importing this package registers every module in it."""
+
 import importlib
 import pkgutil
 

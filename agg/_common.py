@@ -13,6 +13,7 @@ Each rank ends up with one `(p, len)` matrix per bucket of the flattened gradien
 Buckets bound the send/receive buffers; the received rows are kept until the aggregate is formed
 (one gradient's worth per rank in sharded mode, p of them in allgather mode).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,12 +53,17 @@ class RobustConfig:
         """At start-up (trainer.validate.check_workers): refuse a world too small for the aggregate to mean anything."""
         need, why = self.min_workers()
         if world_size < need:
-            raise ValueError(f"agg={self.name} needs at least {need} workers ({why}), this run has {world_size}; "
-                             f"run {need} or more processes (torchrun --nproc_per_node={need}) or use agg=mean")
+            raise ValueError(
+                f"agg={self.name} needs at least {need} workers ({why}), this run has {world_size}; "
+                f"run {need} or more processes (torchrun --nproc_per_node={need}) or use agg=mean"
+            )
 
     def needs_zero_stage_0(self) -> NeedsZeroStage0:
-        return NeedsZeroStage0(f"agg={self.name}", "reduces gradients inside backward, so no rank holds its own full "
-                               "gradient", fix=" or agg=mean")
+        return NeedsZeroStage0(
+            f"agg={self.name}",
+            "reduces gradients inside backward, so no rank holds its own full gradient",
+            fix=" or agg=mean",
+        )
 
 
 # --- flat views of a list of gradient tensors ------------------------------------------------------
@@ -68,7 +74,7 @@ def read_range(grads: list[torch.Tensor], start: int, stop: int) -> torch.Tensor
         n = g.numel()
         lo, hi = max(start, offset), min(stop, offset + n)
         if lo < hi:
-            pieces.append(g.reshape(-1)[lo - offset:hi - offset].float())
+            pieces.append(g.reshape(-1)[lo - offset : hi - offset].float())
         offset += n
     return torch.cat(pieces) if pieces else torch.zeros(0)
 
@@ -79,7 +85,7 @@ def write_range(grads: list[torch.Tensor], start: int, stop: int, values: torch.
         n = g.numel()
         lo, hi = max(start, offset), min(stop, offset + n)
         if lo < hi:
-            g.view(-1)[lo - offset:hi - offset].copy_(values[lo - start:hi - start])
+            g.view(-1)[lo - offset : hi - offset].copy_(values[lo - start : hi - start])
         offset += n
 
 
@@ -142,7 +148,7 @@ class Exchange:
                 dist.all_gather_single(full, out.contiguous(), group=self.group)
                 self.bytes_sent += (self.p - 1) * out.numel() * 4
                 out = full
-            write_range(grads, start, stop, out[:stop - start])
+            write_range(grads, start, stop, out[: stop - start])
 
 
 # --- the common aggregate() -----------------------------------------------------------------------
@@ -182,11 +188,13 @@ class RobustAggregator(Aggregator):
 
     def reduce_rows(self, rows: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, float]]:
         """This rank's part of the aggregate, one vector per bucket of `rows` (see `combine`)."""
-        stats = self.exchange.all_reduce(worker_stats(rows, self.p, self.needs_gram)).cpu()  # p x p math runs on the CPU
-        good = stats[:self.p] == 0
+        stats = self.exchange.all_reduce(
+            worker_stats(rows, self.p, self.needs_gram)
+        ).cpu()  # p x p math runs on the CPU
+        good = stats[: self.p] == 0
         gram = None
         if self.needs_gram:
-            gram = torch.where(good[:, None] & good[None, :], stats[self.p:].view(self.p, self.p), 0.0)
+            gram = torch.where(good[:, None] & good[None, :], stats[self.p :].view(self.p, self.p), 0.0)
         outs, metrics = self.combine(rows, gram, good)
         return outs, {**metrics, "agg/faulty_workers": float((~good).sum())}
 

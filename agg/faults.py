@@ -17,6 +17,7 @@ Random attacks draw from a generator seeded by (train.seed, step, rank), so a re
 The engine's all-reduce is always off under injection, even for `mean`, so the corrupt gradients
 really enter the aggregate; that needs train.zero_stage=0.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,9 +38,13 @@ class FaultInjector(Aggregator):
     def __init__(self, inner: Aggregator, cfg: FaultsConfig, ctx: BuildContext):
         ranks = sorted(set(cfg.byzantine_ranks))
         if any(r < 0 or r >= ctx.world_size for r in ranks):
-            raise ValueError(f"faults.byzantine_ranks={list(cfg.byzantine_ranks)} names a rank outside 0..{ctx.world_size - 1}")
+            raise ValueError(
+                f"faults.byzantine_ranks={list(cfg.byzantine_ranks)} names a rank outside 0..{ctx.world_size - 1}"
+            )
         if len(ranks) >= ctx.world_size:
-            raise ValueError(f"faults.byzantine_ranks={list(cfg.byzantine_ranks)} leaves no honest worker among {ctx.world_size}")
+            raise ValueError(
+                f"faults.byzantine_ranks={list(cfg.byzantine_ranks)} leaves no honest worker among {ctx.world_size}"
+            )
         self.inner, self.cfg, self.ctx = inner, cfg, ctx
         self.byzantine = ranks
         self.is_byzantine = ctx.rank in ranks
@@ -65,7 +70,9 @@ class FaultInjector(Aggregator):
 
     def corrupt(self, grads: list[torch.Tensor], step: int, honest) -> None:
         attack, cfg = self.cfg.attack, self.cfg
-        gen = torch.Generator().manual_seed(mix_seed(mix_seed(self.ctx.seed, step), self.ctx.rank, multiplier=1009, bits=62))
+        gen = torch.Generator().manual_seed(
+            mix_seed(mix_seed(self.ctx.seed, step), self.ctx.rank, multiplier=1009, bits=62)
+        )
         if attack in NEEDS_HONEST:
             mu, sigma = honest
             vec = mu - cfg.alie_z * sigma if attack == "alie" else -cfg.foe_epsilon * mu
@@ -83,7 +90,7 @@ class FaultInjector(Aggregator):
             elif attack == "nan":
                 g.fill_(float("nan"))
             else:
-                g.copy_(vec[offset:offset + n].view_as(g))
+                g.copy_(vec[offset : offset + n].view_as(g))
             offset += n
 
     def state_dict(self) -> dict[str, Any]:

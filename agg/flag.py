@@ -30,6 +30,7 @@ terms. Stateless. Logged per worker: `weight` = ||Y^T x_i||^2 (1: inside the fla
 = c_i ||g_i||, the multiple of its unit direction in the aggregate; and `agg/mean_cosine`, how much the
 workers agree (Flag needs the honest ones to agree well above chance to single an attacker out).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,8 @@ from trainer.registry import AGG
 class FlagConfig(RobustConfig):
     name: str = "flag"
     m: int = 0
-    """Flag dimension; 0: `flag_dimension`'s rule (1 for the normalized aggregate, ceil((p + 1) / 2) for the raw one)."""
+    """Flag dimension; 0: `flag_dimension`'s rule (1 for the normalized aggregate, ceil((p + 1) / 2) for the raw
+    one)."""
     lam: float = 0.0
     """Weight of the pairwise-difference terms (METHODS.md 5: default 0)."""
     iterations: int = 5
@@ -169,6 +171,10 @@ class FlagAggregator(RobustAggregator):
     def combine(self, rows, gram, good):
         coef, explained, done = flag_coefficients(gram, good, self.cfg)
         norms = gram.diag().clamp_min(0).sqrt()
-        metrics = {**per_worker("weight", explained), **per_worker("coef", coef * norms), "agg/flag_iterations": float(done),
-                   **mean_cosine(gram, good)}
+        metrics = {
+            **per_worker("weight", explained),
+            **per_worker("coef", coef * norms),
+            "agg/flag_iterations": float(done),
+            **mean_cosine(gram, good),
+        }
         return linear_combination(rows, coef, good), metrics

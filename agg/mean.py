@@ -5,6 +5,7 @@
 Not robust: one worker can move the mean anywhere. `aggregate` is used only when the engine's
 all-reduce is off (under fault injection, so corrupt gradients really enter the mean).
 """
+
 import time
 from dataclasses import dataclass
 

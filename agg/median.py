@@ -5,6 +5,7 @@
 Workers that send any NaN/Inf are dropped first. Stateless. The per-worker weight logged is the fraction
 of coordinates where that worker's value is (one of) the middle value(s).
 """
+
 from dataclasses import dataclass
 
 from agg._common import CoordinatewiseAggregator, RobustConfig

@@ -9,6 +9,7 @@ p >= 2f + 3; the score needs at least one neighbour, so a run with p < f + 3 is 
 (p is the world size; q can still fall below it when workers send NaN/Inf). Stateless. Logged per worker: its
 weight in the aggregate (1/num_selected or 0) and its score.
 """
+
 from dataclasses import dataclass
 
 import torch

@@ -5,6 +5,7 @@
 Workers that send any NaN/Inf are dropped first (q = the workers left); b shrinks to (q - 1) // 2 if
 too few remain. Stateless. The per-worker weight logged is the fraction of coordinates it survives.
 """
+
 from dataclasses import dataclass
 
 from agg._common import CoordinatewiseAggregator, RobustConfig
@@ -26,15 +27,19 @@ class TrimmedMeanConfig(RobustConfig):
 
     def min_workers(self) -> tuple[int, str]:
         b = self.num_trim
-        return max(2, 2 * b + 1), f"agg.num_trim={b} drops {b} value(s) at each end of every coordinate and must keep one"
+        return max(
+            2, 2 * b + 1
+        ), f"agg.num_trim={b} drops {b} value(s) at each end of every coordinate and must keep one"
 
 
 @AGG.register("trimmed_mean", TrimmedMeanConfig)
 class TrimmedMeanAggregator(CoordinatewiseAggregator):
     def __init__(self, cfg: TrimmedMeanConfig, ctx: BuildContext):
         if 2 * cfg.num_trim >= ctx.world_size and ctx.world_size > 1:
-            raise ValueError(f"agg.num_trim={cfg.num_trim} trims every value of {ctx.world_size} workers; "
-                             f"use at most {(ctx.world_size - 1) // 2}")
+            raise ValueError(
+                f"agg.num_trim={cfg.num_trim} trims every value of {ctx.world_size} workers; "
+                f"use at most {(ctx.world_size - 1) // 2}"
+            )
         super().__init__(cfg, ctx)
 
     def kept_range(self, q: int) -> tuple[int, int]:

@@ -1,9 +1,10 @@
 """python -m launch: submit a training job to Slurm, or show this process's distributed environment.
 
-    python -m launch submit --nodes 4 --gpus-per-node 8 --partition p --time 24:00:00 -- model.size=1b
-    python -m launch submit --config launch.yaml --dry-run -- train.steps=100   # print the script only
-    python -m launch env                                                         # what read_dist_env sees
+python -m launch submit --nodes 4 --gpus-per-node 8 --partition p --time 24:00:00 -- model.size=1b
+python -m launch submit --config launch.yaml --dry-run -- train.steps=100   # print the script only
+python -m launch env                                                         # what read_dist_env sees
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("submit", help="render slurm/train.sbatch for a job shape and sbatch it")
-    s.add_argument("--config", help="YAML file of SlurmJob settings (keys as below, with underscores); flags override it")
+    s.add_argument(
+        "--config", help="YAML file of SlurmJob settings (keys as below, with underscores); flags override it"
+    )
     s.add_argument("--nodes", type=int)
     s.add_argument("--gpus-per-node", type=int, help="0 for a CPU-only job")
     s.add_argument("--nproc-per-node", type=int, help="training processes per node (default: one per GPU)")
@@ -31,9 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--qos")
     s.add_argument("--mem", help="memory per node, e.g. 500G (0: all)")
     s.add_argument("--exclusive", action="store_true", default=None)
-    s.add_argument("--preempt-lead", dest="preempt_lead_s", type=int, help="seconds before the limit to checkpoint and requeue")
+    s.add_argument(
+        "--preempt-lead", dest="preempt_lead_s", type=int, help="seconds before the limit to checkpoint and requeue"
+    )
     s.add_argument("--output", help="log file pattern (default %%x-%%j.out)")
-    s.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment for the job, e.g. MAX_REQUEUES=3 (repeatable)")
+    s.add_argument(
+        "--env", action="append", metavar="KEY=VALUE", help="environment for the job, e.g. MAX_REQUEUES=3 (repeatable)"
+    )
     s.add_argument("--sbatch-arg", dest="extra", action="append", help="another sbatch option, verbatim (repeatable)")
     s.add_argument("--script-dir", default="runs/launch", help="where the rendered script is kept")
     s.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command; submit nothing")
@@ -51,8 +58,22 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
             values = yaml.safe_load(f) or {}
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config}: expected a mapping of launch settings")
-    names = ("nodes", "gpus_per_node", "nproc_per_node", "cpus_per_task", "partition", "time", "job_name", "account",
-             "qos", "mem", "exclusive", "preempt_lead_s", "output", "extra")
+    names = (
+        "nodes",
+        "gpus_per_node",
+        "nproc_per_node",
+        "cpus_per_task",
+        "partition",
+        "time",
+        "job_name",
+        "account",
+        "qos",
+        "mem",
+        "exclusive",
+        "preempt_lead_s",
+        "output",
+        "extra",
+    )
     values |= {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.env:
         pairs = [item.partition("=") for item in args.env]

@@ -1,4 +1,5 @@
 """Where this process sits in the job: read once, from torchrun, Slurm, or nothing (one process)."""
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,8 @@ def _free_port() -> int:
 
 
 def first_host(nodelist: str) -> str:
-    """The first host of a Slurm node list: 'gpu[07-09,12],cpu1' -> 'gpu07' (what `scontrol show hostnames` gives first)."""
+    """The first host of a Slurm node list: 'gpu[07-09,12],cpu1' -> 'gpu07' (what `scontrol show hostnames` gives
+    first)."""
     match = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist.strip())
     prefix, ranges = match.group(1), match.group(2)
     if not ranges:
@@ -50,17 +52,25 @@ def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
     job_id = slurm_job_id(env)
     if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env):
         return DistEnv(
-            rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", 0)), world_size=int(env["WORLD_SIZE"]),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", 29500)),
-            launcher="torchrun", job_id=job_id,
+            rank=int(env["RANK"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            world_size=int(env["WORLD_SIZE"]),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 29500)),
+            launcher="torchrun",
+            job_id=job_id,
         )
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
         # srun launching one task per process directly (no torchrun).
         nodelist = first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
         return DistEnv(
-            rank=int(env["SLURM_PROCID"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
-            world_size=int(env["SLURM_NTASKS"]), master_addr=env.get("MASTER_ADDR", nodelist),
-            master_port=int(env.get("MASTER_PORT", 29500)), launcher="slurm", job_id=job_id,
+            rank=int(env["SLURM_PROCID"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            world_size=int(env["SLURM_NTASKS"]),
+            master_addr=env.get("MASTER_ADDR", nodelist),
+            master_port=int(env.get("MASTER_PORT", 29500)),
+            launcher="slurm",
+            job_id=job_id,
         )
     return DistEnv(0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or _free_port(), "single", job_id)
 
@@ -68,6 +78,9 @@ def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
 def export_torch_env(d: DistEnv) -> None:
     """Make torch.distributed's env:// rendezvous see this layout."""
     os.environ.update(
-        RANK=str(d.rank), LOCAL_RANK=str(d.local_rank), WORLD_SIZE=str(d.world_size),
-        MASTER_ADDR=d.master_addr, MASTER_PORT=str(d.master_port),
+        RANK=str(d.rank),
+        LOCAL_RANK=str(d.local_rank),
+        WORLD_SIZE=str(d.world_size),
+        MASTER_ADDR=d.master_addr,
+        MASTER_PORT=str(d.master_port),
     )

@@ -3,6 +3,7 @@
 The script's body is used as is; only its #SBATCH header is replaced by one built from a SlurmJob,
 so a rendered script and `sbatch --nodes=... slurm/train.sbatch` run exactly the same code.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,8 +74,16 @@ class SlurmJob:
         if self.gpus_per_node:
             opts.append(f"--gpus-per-node={self.gpus_per_node}")
         opts += [f"--cpus-per-task={cpus}", f"--time={self.time}"]
-        opts += [f"--{name}={value}" for name, value in (("partition", self.partition), ("account", self.account),
-                                                          ("qos", self.qos), ("mem", self.mem)) if value is not None]
+        opts += [
+            f"--{name}={value}"
+            for name, value in (
+                ("partition", self.partition),
+                ("account", self.account),
+                ("qos", self.qos),
+                ("mem", self.mem),
+            )
+            if value is not None
+        ]
         if self.exclusive:
             opts.append("--exclusive")
         opts += [f"--output={self.output}", "--open-mode=append", "--requeue"]
@@ -92,7 +101,7 @@ def template_parts(text: str) -> tuple[list[str], list[str]]:
     sbatch = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
     if not sbatch:
         raise ValueError(f"{TEMPLATE} has no #SBATCH lines")
-    return lines[1:sbatch[0]], lines[sbatch[-1] + 1:]
+    return lines[1 : sbatch[0]], lines[sbatch[-1] + 1 :]
 
 
 def render(job: SlurmJob, template: str | None = None) -> str:
@@ -102,8 +111,12 @@ def render(job: SlurmJob, template: str | None = None) -> str:
     return "\n".join(header + [f"#SBATCH {opt}" for opt in job.sbatch_options()] + body) + "\n"
 
 
-def submit(job: SlurmJob, overrides: list[str], script_dir: str | os.PathLike = "runs/launch",
-           env: dict[str, str] | None = None) -> tuple[str, Path]:
+def submit(
+    job: SlurmJob,
+    overrides: list[str],
+    script_dir: str | os.PathLike = "runs/launch",
+    env: dict[str, str] | None = None,
+) -> tuple[str, Path]:
     """Write the rendered script under script_dir and sbatch it; returns (job id, script path)."""
     script_dir = Path(script_dir)
     script_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ less activation memory for about one more forward pass of that block. The model 
 per block (`Block.checkpointed`); choosing which blocks get it lives here, beside the model, as
 torchtitan keeps its activation-checkpointing code next to the model rather than in it.
 """
+
 from __future__ import annotations
 
 from torch import nn

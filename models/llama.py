@@ -4,6 +4,7 @@ Architecture only. Weight-side methods replace the seven block projections
 (`q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`) through a converter;
 `PROJECTION_NAMES` is how they find them.
 """
+
 from __future__ import annotations
 
 import math
@@ -122,8 +123,12 @@ class Attention(nn.Module):
     def uses_flash(self, q: torch.Tensor) -> bool:
         """flash-attn needs bf16/fp16 q, k, v on CUDA. Decided on q, not on the block input: under autocast
         the input is fp32 while the projections return bf16, and the input's dtype would never allow it."""
-        return (self.attn_impl != "sdpa" and q.device.type in FLASH_DEVICE_TYPES
-                and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_func() is not None)
+        return (
+            self.attn_impl != "sdpa"
+            and q.device.type in FLASH_DEVICE_TYPES
+            and q.dtype in (torch.float16, torch.bfloat16)
+            and _flash_attn_func() is not None
+        )
 
 
 class MLP(nn.Module):
@@ -178,7 +183,8 @@ class Llama(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torchtitan's LLaMA init: embeddings N(0, 1); q, k, v, gate N(0, 0.02); o, up, down N(0, 0.02 / sqrt(2 (l + 1)))
+        """torchtitan's LLaMA init: embeddings N(0, 1); q, k, v, gate N(0, 0.02); o, up, down N(0, 0.02 / sqrt(2 (l +
+        1)))
         for block l; lm_head N(0, hidden^-1/2); all block and head weights truncated at 3 std. Unlike GPT-2's N(0, 0.02)
         everywhere, the token embedding is not drowned by the blocks' random outputs at the start, so a small model
         leaves the unigram plateau in tens of steps instead of hundreds."""
@@ -188,7 +194,7 @@ class Llama(nn.Module):
             for name, p in layer.named_parameters():
                 if p.dim() >= 2:
                     _trunc_normal(p, 0.02 if name.endswith(INPUT_SIDE) else depth_std)
-        _trunc_normal(self.lm_head.weight, self.shape.hidden ** -0.5)
+        _trunc_normal(self.lm_head.weight, self.shape.hidden**-0.5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         seq = tokens.shape[1]

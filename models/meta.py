@@ -4,6 +4,7 @@
 Code that reads values (a random draw, an SVD, `nonzero`) takes a shape-only path for such tensors, and a
 module-level cache of computed tensors goes through `tensor_cache`.
 """
+
 from __future__ import annotations
 
 import torch

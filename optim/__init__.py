@@ -1,4 +1,5 @@
 """`optim` strategies. Importing this package registers every module in it."""
+
 import importlib
 import pkgutil
 

@@ -4,6 +4,7 @@ torch's own implementation, unless a low-memory feature is asked for (`optim.sta
 `optim.step_in_backward`, or bf16 weights under train.precision=pure_bf16): then the project's
 LowRankAdamW with no projected group, which is torch's single-tensor formula term for term (optim/base.py).
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +37,21 @@ def build_adamw(cfg: AdamWConfig, model: torch.nn.Module, ctx: BuildContext) -> 
         return torch.optim.AdamW(
             params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=False
         )
-    return LowRankAdamW([{"params": params}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, group=ctx.group, seed=ctx.seed, **low_memory_kwargs(cfg))
+    return LowRankAdamW(
+        [{"params": params}],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        group=ctx.group,
+        seed=ctx.seed,
+        **low_memory_kwargs(cfg),
+    )
 
 
 def low_memory_kwargs(cfg: LowMemoryConfig) -> dict:
-    return {"state_dtype": cfg.state_dtype, "step_in_backward": cfg.step_in_backward,
-            "stochastic_rounding": cfg.stochastic_rounding}
+    return {
+        "state_dtype": cfg.state_dtype,
+        "step_in_backward": cfg.step_in_backward,
+        "stochastic_rounding": cfg.stochastic_rounding,
+    }

@@ -15,6 +15,7 @@
   before the boundary only accumulate (GaLore issue #78), and with several data-parallel processes each
   gradient is averaged across them inside its hook, before its update. `step()` then does nothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,11 @@ class LowMemoryConfig:
         if self.state_dtype != "fp32":
             return NeedsZeroStage0(f"optim.state_dtype={self.state_dtype}", "hands the optimizer flat fp32 partitions")
         if self.step_in_backward:
-            return NeedsZeroStage0("optim.step_in_backward=true", "reduces and steps partitions after backward",
-                                   fix=" or optim.step_in_backward=false")
+            return NeedsZeroStage0(
+                "optim.step_in_backward=true",
+                "reduces and steps partitions after backward",
+                fix=" or optim.step_in_backward=false",
+            )
         return None
 
     def check_low_memory(self, cfg) -> None:
@@ -62,19 +66,32 @@ class LowMemoryConfig:
         if not self.step_in_backward:
             return
         if cfg.train.grad_clip > 0:
-            raise ValueError("optim.step_in_backward=true updates each weight before the global gradient norm is known, "
-                             "so it cannot clip; set train.grad_clip=0 or optim.step_in_backward=false")
+            raise ValueError(
+                "optim.step_in_backward=true updates each weight before the global gradient norm is known, "
+                "so it cannot clip; set train.grad_clip=0 or optim.step_in_backward=false"
+            )
         if config_name(cfg.agg) != "mean" or cfg.faults.byzantine_ranks:
-            raise ValueError(f"optim.step_in_backward=true averages each gradient inside backward, but agg="
-                             f"{config_name(cfg.agg)} (or fault injection) needs every worker's whole gradient; "
-                             f"use agg=mean or optim.step_in_backward=false")
+            raise ValueError(
+                f"optim.step_in_backward=true averages each gradient inside backward, but agg="
+                f"{config_name(cfg.agg)} (or fault injection) needs every worker's whole gradient; "
+                f"use agg=mean or optim.step_in_backward=false"
+            )
 
 
 class LowMemoryOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer whose subclass implements `_update(p, group, state)` for one parameter."""
 
-    def __init__(self, params, defaults: dict, *, state_dtype: str = "fp32", step_in_backward: bool = False,
-                 stochastic_rounding: bool = True, seed: int = 0, group=None):
+    def __init__(
+        self,
+        params,
+        defaults: dict,
+        *,
+        state_dtype: str = "fp32",
+        step_in_backward: bool = False,
+        stochastic_rounding: bool = True,
+        seed: int = 0,
+        group=None,
+    ):
         if state_dtype not in STATE_DTYPES:
             raise ValueError(f"optim.state_dtype={state_dtype!r} is not one of {', '.join(STATE_DTYPES)}")
         super().__init__(params, defaults)
@@ -152,7 +169,9 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
         if self.state_dtype == "int8":  # what quantising zeros gives, without a full-size fp32 zero tensor
             blocks = -(-like.numel() // lowbit.BLOCK)
             for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
-                state[f"{key}_q"] = torch.full(like.shape, lowbit.zero_code(signed), dtype=torch.uint8, device=like.device)
+                state[f"{key}_q"] = torch.full(
+                    like.shape, lowbit.zero_code(signed), dtype=torch.uint8, device=like.device
+                )
                 state[f"{key}_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=like.device)
             return
         dtype = torch.float32 if self.state_dtype == "fp32" else torch.bfloat16
@@ -167,8 +186,10 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
         if not self._has_moments(state):
             self._init_moments(state, like)
         if self.state_dtype == "int8":
-            return tuple(self._dequantize(state, key, signed, like.shape, lo, hi)
-                         for key, signed in (("exp_avg", True), ("exp_avg_sq", False)))
+            return tuple(
+                self._dequantize(state, key, signed, like.shape, lo, hi)
+                for key, signed in (("exp_avg", True), ("exp_avg_sq", False))
+            )
         moments = [state[key] if hi is None else state[key].view(-1)[lo:hi] for key in MOMENTS]
         return tuple(m if self.state_dtype == "fp32" else m.float() for m in moments)
 
@@ -177,7 +198,7 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
         if hi is None:
             return lowbit.dequantize_blockwise(codes, absmax, signed)
         block = lowbit.BLOCK
-        return lowbit.dequantize_blockwise(codes.view(-1)[lo:hi], absmax[lo // block:-(-hi // block)], signed)
+        return lowbit.dequantize_blockwise(codes.view(-1)[lo:hi], absmax[lo // block : -(-hi // block)], signed)
 
     def _store_moments(self, state, m: torch.Tensor, v: torch.Tensor, lo: int = 0, hi: int | None = None) -> None:
         if self.state_dtype == "fp32":
@@ -197,7 +218,7 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
                 state[f"{key}_q"], state[f"{key}_absmax"] = codes, absmax
             else:
                 state[f"{key}_q"].view(-1)[lo:hi].copy_(codes.view(-1))
-                state[f"{key}_absmax"][lo // lowbit.BLOCK:-(-hi // lowbit.BLOCK)].copy_(absmax)
+                state[f"{key}_absmax"][lo // lowbit.BLOCK : -(-hi // lowbit.BLOCK)].copy_(absmax)
 
     # --- weights -----------------------------------------------------------------------------------------
     def _generator(self, p, state) -> torch.Generator | None:
@@ -220,7 +241,8 @@ class LowMemoryOptimizer(torch.optim.Optimizer):
     # --- checkpoints -------------------------------------------------------------------------------------
     def load_state_dict(self, state_dict):
         """torch casts floating state to each parameter's dtype on load (fp32 moments of a bf16 weight would lose
-        bits, int8 codes would become floats); put back every saved tensor as it was saved, on the parameter's device."""
+        bits, int8 codes would become floats); put back every saved tensor as it was saved, on the parameter's
+        device."""
         saved = {k: {name: v for name, v in s.items() if torch.is_tensor(v)} for k, s in state_dict["state"].items()}
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)

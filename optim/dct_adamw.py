@@ -3,6 +3,7 @@
 The seven block projections of every layer (models.projection_modules) get the low-rank update;
 embeddings, norms and lm_head get plain AdamW in the same optimizer (shared/METHODS.md section 1).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,8 +59,13 @@ class LowRankAdamConfig(LowMemoryConfig):
         def bad(key: str, message: str):
             raise ValueError(f"optim.{key}: {message}")
 
-        choices = {"projector": ("dct", "svd"), "score": ("l1", "l2"), "error_feedback": ("off", "fp32", "int8"),
-                   "fast_dct": ("auto", "on", "off"), "basis": tuple(BASES)}
+        choices = {
+            "projector": ("dct", "svd"),
+            "score": ("l1", "l2"),
+            "error_feedback": ("off", "fp32", "int8"),
+            "fast_dct": ("auto", "on", "off"),
+            "basis": tuple(BASES),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"{getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -74,14 +80,19 @@ class LowRankAdamConfig(LowMemoryConfig):
 
     def needs_zero_stage_0(self) -> NeedsZeroStage0:
         return super().needs_zero_stage_0() or NeedsZeroStage0(
-            f"optim={self.name}", "hands the optimizer flat 1-D partitions", what="whole matrices",
-            fix=" optim.zero=1 (state sharded by whole matrices)")
+            f"optim={self.name}",
+            "hands the optimizer flat 1-D partitions",
+            what="whole matrices",
+            fix=" optim.zero=1 (state sharded by whole matrices)",
+        )
 
     def check(self, cfg) -> None:
         self.check_low_memory(cfg)
         if self.zero and self.step_in_backward:
-            raise ValueError("optim.zero=1 broadcasts each owner's weights after the step, which a step inside backward "
-                             "does not have; set optim.zero=0 or optim.step_in_backward=false")
+            raise ValueError(
+                "optim.zero=1 broadcasts each owner's weights after the step, which a step inside backward "
+                "does not have; set optim.zero=0 or optim.step_in_backward=false"
+            )
 
 
 @dataclass
@@ -107,8 +118,10 @@ def split_params(model: nn.Module, who: str) -> tuple[list[nn.Parameter], list[n
     for name, _, _, module in projection_modules(model):
         weight = getattr(module, "weight", None)
         if not isinstance(module, nn.Linear) or weight is None or weight.ndim != 2:
-            raise ValueError(f"optim={who} projects dense block weights, but {name} is a {type(module).__name__} "
-                             f"(set by the param strategy); use param=full with optim={who}, or optim=adamw")
+            raise ValueError(
+                f"optim={who} projects dense block weights, but {name} is a {type(module).__name__} "
+                f"(set by the param strategy); use param=full with optim={who}, or optim=adamw"
+            )
         if weight.requires_grad:
             projected.append(weight)
     ids = {id(p) for p in projected}
@@ -120,11 +133,25 @@ def build_lowrank(cfg: LowRankAdamConfig, model: nn.Module, ctx: BuildContext) -
     dense, projected = split_params(model, cfg.name)
     groups = [g for g in ({"params": dense}, {"params": projected, "projected": True}) if g["params"]]
     return LowRankAdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
-        rank=cfg.rank or PROJECTION_RANK.get(ctx.model_size, 256), projector=cfg.projector, basis=cfg.basis,
-        update_gap=cfg.update_gap, scale=cfg.scale, score=cfg.score, rotate_moments=cfg.rotate_moments,
-        error_feedback=cfg.error_feedback, fast_dct=cfg.fast_dct, zero=cfg.zero, group=ctx.group, seed=ctx.seed,
-        **low_memory_kwargs(cfg))
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        rank=cfg.rank or PROJECTION_RANK.get(ctx.model_size, 256),
+        projector=cfg.projector,
+        basis=cfg.basis,
+        update_gap=cfg.update_gap,
+        scale=cfg.scale,
+        score=cfg.score,
+        rotate_moments=cfg.rotate_moments,
+        error_feedback=cfg.error_feedback,
+        fast_dct=cfg.fast_dct,
+        zero=cfg.zero,
+        group=ctx.group,
+        seed=ctx.seed,
+        **low_memory_kwargs(cfg),
+    )
 
 
 @OPTIM.register("dct_adamw", DCTAdamWConfig)

@@ -5,6 +5,7 @@ parameter is plain AdamW in the same optimizer. Its state holds a Python project
 checkpoint of it is a pickle and the projection is not saved as tensors; use optim=galore_adamw (our
 implementation) for real runs. galore-torch is a benchmark extra: `pip install galore-torch==1.0`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,14 +44,20 @@ class GaLoreTorchConfig:
         if self.proj_type not in ("std", "reverse_std", "left", "right"):
             raise ValueError(f"optim.proj_type: {self.proj_type!r} is not one of std, reverse_std, left, right")
         if self.state_dtype != "fp32" or self.step_in_backward:
-            raise ValueError("optim=galore_torch keeps fp32 states and steps after backward; for 8-bit states or a step "
-                             "inside backward use optim=galore_adamw optim.state_dtype=int8 optim.step_in_backward=true")
+            raise ValueError(
+                "optim=galore_torch keeps fp32 states and steps after backward; for 8-bit states or a step "
+                "inside backward use optim=galore_adamw optim.state_dtype=int8 optim.step_in_backward=true"
+            )
         if self.rank < 0 or self.update_proj_gap < 1 or self.lr <= 0:
             raise ValueError("optim.rank: need rank >= 0 (0: by model size), update_proj_gap >= 1 and lr > 0")
 
     def needs_zero_stage_0(self) -> NeedsZeroStage0:
-        return NeedsZeroStage0("optim=galore_torch", "hands it flat 1-D partitions", what="whole matrices",
-                               fix=", or optim=dct_adamw optim.zero=1 to shard")
+        return NeedsZeroStage0(
+            "optim=galore_torch",
+            "hands it flat 1-D partitions",
+            what="whole matrices",
+            fix=", or optim=dct_adamw optim.zero=1 to shard",
+        )
 
 
 @OPTIM.register("galore_torch", GaLoreTorchConfig)
@@ -63,7 +70,20 @@ def build_galore_torch(cfg: GaLoreTorchConfig, model: nn.Module, ctx: BuildConte
     rank = cfg.rank or PROJECTION_RANK.get(ctx.model_size, 256)
     groups = [{"params": dense}] if dense else []
     if projected:
-        groups.append({"params": projected, "rank": rank, "update_proj_gap": cfg.update_proj_gap, "scale": cfg.scale,
-                       "proj_type": cfg.proj_type})
-    return GaLoreAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                       no_deprecation_warning=True)
+        groups.append(
+            {
+                "params": projected,
+                "rank": rank,
+                "update_proj_gap": cfg.update_proj_gap,
+                "scale": cfg.scale,
+                "proj_type": cfg.proj_type,
+            }
+        )
+    return GaLoreAdamW(
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        no_deprecation_warning=True,
+    )

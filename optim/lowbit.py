@@ -13,6 +13,7 @@ on average (Zamirai et al., 2010.06192).
 Every function here avoids data-dependent shapes and host syncs so it also runs under FakeTensorMode
 (the memory estimator traces the optimizers that way before real runs in the same process).
 """
+
 import functools
 
 import torch
@@ -57,7 +58,7 @@ def dynamic_map(signed: bool, device=None) -> torch.Tensor:
     return cache[key]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zero_code(signed: bool) -> int:
     """The code of 0.0 (a Python int, computed on real tensors even under FakeTensorMode): zero-initialised
     states are filled with it directly instead of quantising a full-size fp32 zero tensor."""

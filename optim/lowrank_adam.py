@@ -15,6 +15,7 @@ else is plain AdamW (torch's formula) in its own param group. The state holds te
 by size), which keeps its state, computes its update and broadcasts the new weights. This is what
 DeepSpeed ZeRO-1/2 cannot do for a shape-aware optimizer, because they hand it flat 1-D partitions.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,9 @@ def check_arguments(lr, betas, eps, weight_decay, projection: dict, zero: int, s
     if rank < 1 or update_gap < 1 or basis not in proj.BASES or zero not in (0, 1):
         raise ValueError(f"invalid rank={rank} update_gap={update_gap} basis={basis!r} zero={zero}")
     if zero and step_in_backward:
-        raise ValueError("optim.zero=1 broadcasts each owner's weights after the step; use optim.step_in_backward=false")
+        raise ValueError(
+            "optim.zero=1 broadcasts each owner's weights after the step; use optim.step_in_backward=false"
+        )
 
 
 class LowRankAdamW(LowMemoryOptimizer):
@@ -56,13 +59,39 @@ class LowRankAdamW(LowMemoryOptimizer):
     With no projected group it is plain AdamW (torch's formula), which is how `optim=adamw` gets 8-bit
     states, pure-bf16 weights and the step inside backward (optim/base.py)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, *,
-                 rank: int = 256, projector: str = "dct", basis: str = "dct", update_gap: int = 1, scale: float = 1.0,
-                 score: str = "l1", rotate_moments: bool = True, error_feedback: str = "off", fast_dct: str = "auto",
-                 zero: int = 0, group=None, **memory):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        rank: int = 256,
+        projector: str = "dct",
+        basis: str = "dct",
+        update_gap: int = 1,
+        scale: float = 1.0,
+        score: str = "l1",
+        rotate_moments: bool = True,
+        error_feedback: str = "off",
+        fast_dct: str = "auto",
+        zero: int = 0,
+        group=None,
+        **memory,
+    ):
         """`memory`: LowMemoryOptimizer's state_dtype, step_in_backward, stochastic_rounding and seed."""
-        projection = dict(rank=rank, projector=projector, basis=basis, update_gap=update_gap, scale=scale, score=score,
-                          rotate_moments=rotate_moments, error_feedback=error_feedback, fast_dct=fast_dct)
+        projection = dict(
+            rank=rank,
+            projector=projector,
+            basis=basis,
+            update_gap=update_gap,
+            scale=scale,
+            score=score,
+            rotate_moments=rotate_moments,
+            error_feedback=error_feedback,
+            fast_dct=fast_dct,
+        )
         check_arguments(lr, betas, eps, weight_decay, projection, zero, memory.get("step_in_backward", False))
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, projected=False, **projection)
         super().__init__(params, defaults, group=group, **memory)
@@ -106,8 +135,8 @@ class LowRankAdamW(LowMemoryOptimizer):
         beta1, beta2 = group["betas"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** step)).add_(group["eps"])
-        return denom, group["lr"] / (1 - beta1 ** step)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
+        return denom, group["lr"] / (1 - beta1**step)
 
     def _dense_update(self, p, group, state, step):
         """torch.optim.AdamW's single-tensor formula, term for term (fp32 weights and moments, in place)."""
@@ -188,8 +217,10 @@ class LowRankAdamW(LowMemoryOptimizer):
             if previous is not None:
                 rot = previous @ pt.T  # P_prev^T P_new, r x r
                 sq = rot.square()  # keeps v non-negative; exact when rot is a permutation
-                rotate = ((lambda t: t @ rot) if tall else (lambda t: rot.T @ t),
-                          (lambda t: t @ sq) if tall else (lambda t: sq.T @ t))
+                rotate = (
+                    (lambda t: t @ rot) if tall else (lambda t: rot.T @ t),
+                    (lambda t: t @ sq) if tall else (lambda t: sq.T @ t),
+                )
             state["proj"] = pt.to(store_dtype)
         else:
             pt = previous

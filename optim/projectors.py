@@ -12,10 +12,11 @@ side: if m >= n the low-rank gradient is `R = G P` (m x r), else `R = P^T G` (r 
 
 Bases are held as `C = Q^T` (rows are basis vectors), so `P^T = C[idx]` is a contiguous row gather.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

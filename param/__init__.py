@@ -1,4 +1,5 @@
 """`param` strategies: how weights are held. Importing this package registers every module in it."""
+
 import importlib
 import pkgutil
 

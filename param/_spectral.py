@@ -1,6 +1,7 @@
 """SST's layer: a linear map held as its SVD, W = U diag(sigma) V^T, in an active block of r sampled columns
 (trained) and a frozen one (buffers). The method, its schedule and its math are in param/sst.py's docstring.
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,7 +63,9 @@ class _SpectralLinearFn(torch.autograd.Function):
 class SpectralLinear(nn.Module):
     """A bias-free Linear held as U diag(sigma) V^T with r trainable columns (see the module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, enhanced_grad: bool = True, grad_eps: float = 1e-4):
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, enhanced_grad: bool = True, grad_eps: float = 1e-4
+    ):
         super().__init__()
         m, n = out_features, in_features
         k = min(m, n)
@@ -81,13 +84,24 @@ class SpectralLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, active={self.r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SpectralLinearFn.apply(x, self.u_active, self.v_active, self.sigma, self.u_frozen, self.v_frozen,
-                                       self.active_idx, self.frozen_idx, self.enhanced_grad, self.grad_eps)
+        return _SpectralLinearFn.apply(
+            x,
+            self.u_active,
+            self.v_active,
+            self.sigma,
+            self.u_frozen,
+            self.v_frozen,
+            self.active_idx,
+            self.frozen_idx,
+            self.enhanced_grad,
+            self.grad_eps,
+        )
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
-        return spectral_weight(self.u_active, self.v_active, self.sigma, self.u_frozen, self.v_frozen,
-                               self.active_idx, self.frozen_idx)
+        return spectral_weight(
+            self.u_active, self.v_active, self.sigma, self.u_frozen, self.v_frozen, self.active_idx, self.frozen_idx
+        )
 
     @torch.no_grad()
     def full_factors(self) -> tuple[torch.Tensor, torch.Tensor]:

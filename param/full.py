@@ -1,4 +1,5 @@
 """Full rank: every weight is an ordinary dense Parameter (the baseline)."""
+
 from dataclasses import dataclass
 
 from trainer.registry import PARAM

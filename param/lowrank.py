@@ -2,6 +2,7 @@
 baseline SLTrain is measured against (METHODS.md section 3). B is drawn like A (Kaiming-uniform): with B = 0
 and no S, every block would stay at zero with zero gradients. The layer never forms W: x -> x A^T -> (.) B^T.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,7 @@ class LowRankConfig:
     def as_sltrain(self) -> SLTrainConfig:
         return SLTrainConfig(name=self.name, rank=self.rank, alpha=self.alpha, delta=0.0, b_init="kaiming")
 
-    def resolved(self, model_size: str) -> "LowRankConfig":
+    def resolved(self, model_size: str) -> LowRankConfig:
         """A copy with rank and alpha filled from SIZE_DEFAULTS[model_size] (what a checkpoint records)."""
         full = self.as_sltrain().resolved(model_size)
         return dataclasses.replace(self, rank=full.rank, alpha=full.alpha)

@@ -15,6 +15,7 @@ it never forms W: x -> x A^T -> (.) B^T.
 
 METHODS.md section 3. Per-size defaults (r, alpha, delta) are in `SIZE_DEFAULTS`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,10 +33,13 @@ from trainer.strategy import BuildContext, ParamStrategy
 
 # model size -> (rank, alpha, delta); the rank is models.PROJECTION_RANK. 60m..7b: METHODS.md section 3 (the
 # paper's). debug and 20m are ours (not in the paper): alpha so that alpha / rank = 0.25 as at 60m.
+# fmt: off
 ALPHA_DELTA = {"debug": (4.0, 0.03), "20m": (24.0, 0.03), "60m": (32.0, 0.03), "130m": (16.0, 0.03),
                "350m": (16.0, 0.03), "1b": (8.0, 0.03), "7b": (8.0, 0.05)}
-SIZE_DEFAULTS: dict[str, tuple[int, float, float]] = {size: (PROJECTION_RANK[size], *ALPHA_DELTA[size])
-                                                      for size in ALPHA_DELTA}
+# fmt: on
+SIZE_DEFAULTS: dict[str, tuple[int, float, float]] = {
+    size: (PROJECTION_RANK[size], *ALPHA_DELTA[size]) for size in ALPHA_DELTA
+}
 B_INITS = ("zero", "kaiming")
 
 
@@ -65,19 +69,25 @@ class SLTrainConfig:
         if self.b_init not in B_INITS:
             raise ValueError(f"param.b_init={self.b_init!r} is unknown; choose one of {', '.join(B_INITS)}")
         if self.delta == 0 and self.b_init == "zero":
-            raise ValueError("param.delta=0 with param.b_init=zero leaves every block at zero with zero gradients "
-                             "(the blocks never train); use param=lowrank or set param.b_init=kaiming")
+            raise ValueError(
+                "param.delta=0 with param.b_init=zero leaves every block at zero with zero gradients "
+                "(the blocks never train); use param=lowrank or set param.b_init=kaiming"
+            )
 
-    def resolved(self, model_size: str) -> "SLTrainConfig":
+    def resolved(self, model_size: str) -> SLTrainConfig:
         """A copy with every field left None filled from SIZE_DEFAULTS[model_size]."""
         rank, alpha, delta = SIZE_DEFAULTS.get(model_size, (None, None, None))
         out = dataclasses.replace(
-            self, rank=self.rank if self.rank is not None else rank,
+            self,
+            rank=self.rank if self.rank is not None else rank,
             alpha=self.alpha if self.alpha is not None else alpha,
             delta=self.delta if self.delta is not None else delta,
         )
         if None in (out.rank, out.alpha, out.delta):
-            raise ValueError(f"param={self.name} has no defaults for model.size={model_size}; set param.rank, param.alpha and param.delta")
+            raise ValueError(
+                f"param={self.name} has no defaults for model.size={model_size}; set param.rank, param.alpha "
+                f"and param.delta"
+            )
         return out
 
     def check(self, cfg) -> None:
@@ -174,8 +184,18 @@ class SparseLowRankMatmul(torch.autograd.Function):
 class SparseLowRankLinear(nn.Module):
     """A bias-free Linear(in_features -> out_features) held as (alpha / rank) B A + S."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, delta: float,
-                 seed: int = 0, device=None, dtype=None, b_init: str = "zero"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        alpha: float,
+        delta: float,
+        seed: int = 0,
+        device=None,
+        dtype=None,
+        b_init: str = "zero",
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.rank, self.alpha, self.delta, self.scale = rank, alpha, delta, alpha / rank
@@ -241,8 +261,14 @@ class SLTrain(ParamStrategy):
     def convert(self, model: nn.Module) -> None:
         for name, parent, attr, linear in projection_modules(model):
             layer = SparseLowRankLinear(
-                linear.in_features, linear.out_features, self.cfg.rank, self.cfg.alpha, self.cfg.delta,
-                seed=layer_seed(self.seed, name), device=linear.weight.device, dtype=linear.weight.dtype,
+                linear.in_features,
+                linear.out_features,
+                self.cfg.rank,
+                self.cfg.alpha,
+                self.cfg.delta,
+                seed=layer_seed(self.seed, name),
+                device=linear.weight.device,
+                dtype=linear.weight.dtype,
                 b_init=self.cfg.b_init,
             )
             setattr(parent, attr, layer)
@@ -257,8 +283,10 @@ class SLTrain(ParamStrategy):
             return
         for key in ("rank", "alpha", "delta"):
             if state[key] != getattr(self.cfg, key):
-                raise ValueError(f"the checkpoint was trained with param.{key}={state[key]}, this run has "
-                                 f"{getattr(self.cfg, key)}; set param.{key}={state[key]} or start a new run")
+                raise ValueError(
+                    f"the checkpoint was trained with param.{key}={state[key]}, this run has "
+                    f"{getattr(self.cfg, key)}; set param.{key}={state[key]} or start a new run"
+                )
 
     def export_dense(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A plain-LLaMA state dict: each SparseLowRankLinear merged into `<name>.weight`."""

@@ -15,6 +15,7 @@ Stored per layer: the active block (U: m x r, V: n x r) and sigma as Parameters,
 gradients and optimizer state; the frozen block (m x (k-r), n x (k-r)) and the column positions of both
 blocks as buffers. Weights grow to k (m + n) + k per layer (~1.4x dense for LLaMA shapes).
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,10 @@ class SSTConfig:
         shape = shape_for(cfg.model.size)
         k = min(shape.hidden, shape.intermediate)  # the smallest min(out, in) of the seven projections
         if self.rank > k:
-            raise ValueError(f"param.rank={self.rank} is above the {k} singular vectors of model.size={cfg.model.size}'s "
-                             f"smallest layer; set param.rank to at most {k}")
+            raise ValueError(
+                f"param.rank={self.rank} is above the {k} singular vectors of model.size={cfg.model.size}'s "
+                f"smallest layer; set param.rank to at most {k}"
+            )
 
 
 def sample_columns(sigma: torch.Tensor, r: int, uniform_mix: float, generator: torch.Generator) -> torch.Tensor:
@@ -108,10 +111,13 @@ class SST(ParamStrategy):
             if linear.bias is not None:
                 raise ValueError(f"param=sst: {name} has a bias; SST converts bias-free projections only")
             with torch.device(linear.weight.device):  # a meta model allocates nothing (trainer/memory.py)
-                layer = SpectralLinear(linear.in_features, linear.out_features, self.cfg.rank, self.cfg.enhanced_grad,
-                                       self.cfg.grad_eps)
+                layer = SpectralLinear(
+                    linear.in_features, linear.out_features, self.cfg.rank, self.cfg.enhanced_grad, self.cfg.grad_eps
+                )
             if not is_fake_or_meta(linear.weight):  # shape-only: keep the first r columns active, as built
-                u, s, v = svd_factors(linear.weight, torch.float64)  # fp64: the converted model computes the dense init's function
+                u, s, v = svd_factors(
+                    linear.weight, torch.float64
+                )  # fp64: the converted model computes the dense init's function
                 layer.set_factors(u, v, s, sample_columns(s, layer.r, self.cfg.uniform_mix, self.generator))
             setattr(parent, attr, layer)
             self.layers.append((name, layer))
@@ -163,7 +169,11 @@ class SST(ParamStrategy):
     # --- resume and export --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         # U, V, sigma and the active mapping are module parameters / buffers, saved with the engine.
-        return {"generator": self.generator.get_state(), "num_resamples": self.num_resamples, "num_resvds": self.num_resvds}
+        return {
+            "generator": self.generator.get_state(),
+            "num_resamples": self.num_resamples,
+            "num_resvds": self.num_resvds,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if not state:

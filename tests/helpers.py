@@ -1,4 +1,5 @@
 """Shared test helpers: compose configs, run train.py for real (one process or torchrun), run gloo workers."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,24 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Small, fast settings for end-to-end runs of the debug model on the built-in corpus.
 FAST = [
-    "model.size=debug", "data.seq_len=32", "data.vocab_size=512", "train.global_batch_size=8",
-    "train.micro_batch_size=2", "train.eval_every=1000", "train.eval_batches=2", "train.log_every=1000",
-    "train.threads=1", "train.warmup_fraction=0.2", "log.progress=lines",
+    "model.size=debug",
+    "data.seq_len=32",
+    "data.vocab_size=512",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=2",
+    "train.eval_every=1000",
+    "train.eval_batches=2",
+    "train.log_every=1000",
+    "train.threads=1",
+    "train.warmup_fraction=0.2",
+    "log.progress=lines",
 ]
 
 
 def compose(overrides: list[str] | None = None):
     """The composed DictConfig for these overrides, exactly as train.py sees it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     import train  # noqa: F401  (registers the schema and the strategies)
 
@@ -33,8 +43,16 @@ def compose(overrides: list[str] | None = None):
 def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
     if nproc == 1:
         return [sys.executable, str(ROOT / "train.py"), *overrides]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-            "--max-restarts=0", str(ROOT / "train.py"), *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        "--max-restarts=0",
+        str(ROOT / "train.py"),
+        *overrides,
+    ]
 
 
 def train_env(cache_dir: str | os.PathLike | None = None) -> dict:
@@ -44,13 +62,24 @@ def train_env(cache_dir: str | os.PathLike | None = None) -> dict:
     return env
 
 
-def run_train(tmp_path, overrides: list[str], nproc: int = 1, name: str = "run", check: bool = True,
-              timeout: float = 600) -> subprocess.CompletedProcess:
+def run_train(
+    tmp_path, overrides: list[str], nproc: int = 1, name: str = "run", check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run train.py for real in a subprocess; the run directory is tmp_path/runs/<name>."""
-    args = [*FAST, f"run.out_dir={tmp_path / 'runs'}", f"run.name={name}", f"data.cache_dir={cache_dir(tmp_path)}", *overrides]
-    proc = subprocess.run(train_command(args, nproc), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout)
+    args = [
+        *FAST,
+        f"run.out_dir={tmp_path / 'runs'}",
+        f"run.name={name}",
+        f"data.cache_dir={cache_dir(tmp_path)}",
+        *overrides,
+    ]
+    proc = subprocess.run(
+        train_command(args, nproc), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"train.py exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

@@ -5,6 +5,7 @@ checkpoint as it was (a finished run sits in run.out_dir during each case and is
 Most cases stop before the model is built (about the time the imports take). A session fixture trains the
 tokenizer and the finished run once, and another starts every selected case at once, a process per CPU core.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,13 @@ def inputs(tmp_path_factory) -> Path:
     """Bad files, a small corpus with its trained tokenizer in a cache, and a finished 2-step run (runs/done)."""
     root = tmp_path_factory.mktemp("bad_inputs")
     write_inputs(root)
-    args = [*BASE, f"data.source={root / 'corpus.txt'}", f"data.cache_dir={root / 'cache'}",
-            f"run.out_dir={root / 'runs'}", "run.name=done"]
+    args = [
+        *BASE,
+        f"data.source={root / 'corpus.txt'}",
+        f"data.cache_dir={root / 'cache'}",
+        f"run.out_dir={root / 'runs'}",
+        "run.name=done",
+    ]
     proc = subprocess.run(train_command(args), cwd=root, env=train_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (root / "runs" / "done" / "checkpoints" / "step_0000002").is_dir()
@@ -87,7 +93,9 @@ def read_only_folder(path: Path):
         yield path
         path.chmod(0o755)
         return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
+    ).returncode:
         pytest.skip("running as root and cannot mount a read-only tmpfs, so no folder here is read-only")
     try:
         yield path
@@ -171,8 +179,11 @@ RUN_CASES = [
     ("resume_other_param", ["run.name=done", "param=sltrain"], ["param.name=full"]),
     ("resume_other_optim", ["run.name=done", "optim=dct_adamw"], ["optim.name=adamw"]),
     ("resume_other_model_vocab", ["run.name=done", "model.vocab_size=1000"], ["model.vocab_size=512"]),
-    ("resume_given_checkpoint_other_size", ["train.resume={t}/runs/done/checkpoints/step_0000002", "model.size=20m"],
-     ["model.size=debug", "step_0000002"]),
+    (
+        "resume_given_checkpoint_other_size",
+        ["train.resume={t}/runs/done/checkpoints/step_0000002", "model.size=20m"],
+        ["model.size=debug", "step_0000002"],
+    ),
     ("resume_missing_checkpoint", ["train.resume={t}/nope"], ["train.resume", "nope"]),
     ("resume_not_a_checkpoint", ["train.resume={t}/runs/done"], ["train.resume", "done"]),
 ]
@@ -182,14 +193,25 @@ HYDRA_CASES = [  # Hydra's own errors: another branch turns them into one line (
     pytest.param("unknown_key_added", ["+train.setps=5"], ["train.setps"], id="unknown_key_added"),
     pytest.param("wrong_type", ["train.steps=abc"], ["train.steps"], id="wrong_type"),
 ]
-CASES = [pytest.param(*case, id=case[0]) for case in CONFIG_CASES + STRATEGY_CASES + PATH_CASES + DATA_CASES + RUN_CASES]
+CASES = [
+    pytest.param(*case, id=case[0]) for case in CONFIG_CASES + STRATEGY_CASES + PATH_CASES + DATA_CASES + RUN_CASES
+]
 CASES += HYDRA_CASES
 
 
 def case_env(case_id: str, tmp_path: Path) -> dict:
     env = train_env()
-    for key in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_IDENTITY_TOKEN_FILE", "HTTPS_PROXY", "https_proxy",
-                "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for key in (
+        "WANDB_API_KEY",
+        "WANDB_BASE_URL",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         env.pop(key, None)
     env["NETRC"] = str(tmp_path / "no-netrc")  # no key from the user's ~/.netrc either
     if case_id == "wandb_online_server_unreachable":
@@ -202,11 +224,23 @@ def run_case(inputs: Path, tmp_path: Path, case_id: str, overrides: list[str]):
     runs = tmp_path / "runs"
     shutil.copytree(inputs / "runs", runs)
     before = snapshot(runs)
-    args = [*BASE, f"data.source={inputs / 'corpus.txt'}", f"data.cache_dir={inputs / 'cache'}",
-            f"run.out_dir={runs}", "run.name=fresh", *(o.format(i=inputs, t=tmp_path) for o in overrides)]
+    args = [
+        *BASE,
+        f"data.source={inputs / 'corpus.txt'}",
+        f"data.cache_dir={inputs / 'cache'}",
+        f"run.out_dir={runs}",
+        "run.name=fresh",
+        *(o.format(i=inputs, t=tmp_path) for o in overrides),
+    ]
     with read_only_folder(tmp_path / "read_only") if "read_only" in case_id else contextlib.nullcontext():
-        proc = subprocess.run(train_command(args), cwd=tmp_path, env=case_env(case_id, tmp_path),
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            train_command(args),
+            cwd=tmp_path,
+            env=case_env(case_id, tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     return proc, before, snapshot(runs)
 
 

@@ -1,5 +1,6 @@
 """The project's shape, checked: short files and functions (the house style's size budget), and imports that only
 run down, from the strategies to the core and never back (trainer/, models/, launch/ know no method)."""
+
 from __future__ import annotations
 
 import ast

@@ -2,6 +2,7 @@
 
 Skipped without CUDA. `train.compile=true` rides along once (full rank), since it is meant for GPUs.
 """
+
 import math
 
 import pytest
@@ -11,9 +12,19 @@ from tests.helpers import metrics, run_train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-GPU = ["train.device=cuda", "train.precision=amp_bf16", "model.size=20m", "data.seq_len=128", "train.steps=20",
-       "train.global_batch_size=16", "train.micro_batch_size=8", "train.log_every=5", "train.eval_every=20",
-       "train.save_every=20", "train.warmup_fraction=0.1"]
+GPU = [
+    "train.device=cuda",
+    "train.precision=amp_bf16",
+    "model.size=20m",
+    "data.seq_len=128",
+    "train.steps=20",
+    "train.global_batch_size=16",
+    "train.micro_batch_size=8",
+    "train.log_every=5",
+    "train.eval_every=20",
+    "train.save_every=20",
+    "train.warmup_fraction=0.1",
+]
 CASES = {
     "full": ["param=full"],
     "sltrain": ["param=sltrain"],

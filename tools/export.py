@@ -10,6 +10,7 @@ transformers' rotary layout and adds config.json and the run's tokenizer (traine
 `--format pt` keeps the project's key names and rotary layout. Weights keep the dtype they were trained
 in (bf16 for train.precision=pure_bf16).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def _load(ckpt_dir: str):
     weights, states = checkpoint.load_for_export(ckpt_dir)
     cfg = run_config(ckpt_dir)
     model = Llama(shape_for(cfg.model.size), weights["embed.weight"].shape[0], cfg.model.max_seq_len, "sdpa")
-    strategy = PARAM.build(config_name(cfg.param), cfg.param, BuildContext(model_size=cfg.model.size, seed=cfg.train.seed))
+    strategy = PARAM.build(
+        config_name(cfg.param), cfg.param, BuildContext(model_size=cfg.model.size, seed=cfg.train.seed)
+    )
     strategy.convert(model)
     model.load_state_dict(weights)
     strategy.load_state_dict(states.get("param", {}))
@@ -68,8 +71,10 @@ def write_hf(ckpt_dir: str, out_dir: str, max_shard_bytes: int = hf_export.DEFAU
     dense, plain, cfg, dtype = _export(ckpt_dir)
     tokenizer = runfiles.checkpoint_tokenizer(ckpt_dir, cfg)
     if tokenizer is None:
-        raise ValueError(f"{ckpt_dir} has no tokenizer.model and the run's tokenizer is gone; copy the run's "
-                         f"sentencepiece model to {os.path.join(ckpt_dir, runfiles.TOKENIZER)}")
+        raise ValueError(
+            f"{ckpt_dir} has no tokenizer.model and the run's tokenizer is gone; copy the run's "
+            f"sentencepiece model to {os.path.join(ckpt_dir, runfiles.TOKENIZER)}"
+        )
     return hf_export.write_hf(out_dir, dense, plain, tokenizer, dtype, max_shard_bytes)
 
 
@@ -87,16 +92,27 @@ def parse_bytes(text: str) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/NAME/checkpoints/step_0001000")
-    parser.add_argument("--format", choices=("hf", "pt"), default="hf",
-                        help="hf: a transformers directory (default); pt: the project's dense state dict")
-    parser.add_argument("--out", default=None, help="output directory (hf, default <checkpoint>/hf) or file (pt, default <checkpoint>/dense.pt)")
+    parser.add_argument(
+        "--format",
+        choices=("hf", "pt"),
+        default="hf",
+        help="hf: a transformers directory (default); pt: the project's dense state dict",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (hf, default <checkpoint>/hf) or file (pt, default <checkpoint>/dense.pt)",
+    )
     parser.add_argument("--max-shard-size", default="5GB", help="hf: split model.safetensors into shards of this size")
     args = parser.parse_args(argv)
     try:
         if args.format == "hf":
             out = args.out or os.path.join(args.checkpoint, "hf")
             files = write_hf(args.checkpoint, out, parse_bytes(args.max_shard_size))
-            print(f"wrote {out}: {', '.join(files)}\nload it with transformers.AutoModelForCausalLM.from_pretrained({out!r})")
+            print(
+                f"wrote {out}: {', '.join(files)}\nload it with "
+                f"transformers.AutoModelForCausalLM.from_pretrained({out!r})"
+            )
             return 0
         dense, _, _, dtype = _export(args.checkpoint)
     except ValueError as e:

@@ -6,6 +6,7 @@ The command line of trainer/memory.py (how it counts: there and in trainer/memtr
 strategies as train.py does, which the estimator in trainer/ may not import, so code that estimates from Python
 calls it through this module: `from tools import memory; memory.estimate([...])`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,16 @@ import optim  # noqa: F401  (registers the optim strategies)
 import param  # noqa: F401  (registers the param strategies)
 from trainer.memory import LLAMA_VOCAB, MemoryEstimate, estimate, load_config, parse_bytes, report, target_precision
 
-__all__ = ["LLAMA_VOCAB", "MemoryEstimate", "estimate", "load_config", "main", "parse_bytes", "report",
-           "target_precision"]
+__all__ = [
+    "LLAMA_VOCAB",
+    "MemoryEstimate",
+    "estimate",
+    "load_config",
+    "main",
+    "parse_bytes",
+    "report",
+    "target_precision",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     parser.add_argument("--budget", help="memory to fit in: 24GiB, 16GB, 1.5TiB or bytes")
     parser.add_argument("--real", action="store_true", help="real tensors instead of fake ones (checking)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="where --real tensors live (cuda: also the allocator's peak)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where --real tensors live (cuda: also the allocator's peak)",
+    )
     parser.add_argument("--steps", type=int, default=2, help="training steps to run (default 2)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)

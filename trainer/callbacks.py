@@ -11,6 +11,7 @@ Hooks (all optional; `trainer` is trainer/loop.py's Trainer):
 - `on_save(trainer, step)`: once the checkpoint of `step` is in place;
 - `on_fit_end(trainer)`: after the loop, which a callback ends early by setting `trainer.exit_code`.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,9 +49,13 @@ class Callback:
 def default_callbacks(train: TrainConfig) -> list[Callback]:
     """What every run does, in the order that matters: numbers are added before they are logged, and the
     stop decision is taken before the checkpoint that it may ask for."""
-    return [EvalCallback(train.eval_every, train.steps, train.micro_batch_size, train.eval_batches), MemoryCallback(),
-            ProgressCallback(train.log_every), StopCallback(train.max_time, train.stop_at, train.steps),
-            CheckpointCallback(train.save_every, train.steps)]
+    return [
+        EvalCallback(train.eval_every, train.steps, train.micro_batch_size, train.eval_batches),
+        MemoryCallback(),
+        ProgressCallback(train.log_every),
+        StopCallback(train.max_time, train.stop_at, train.steps),
+        CheckpointCallback(train.save_every, train.steps),
+    ]
 
 
 class EvalCallback(Callback):
@@ -75,8 +80,9 @@ class EvalCallback(Callback):
 
     def evaluate(self, trainer) -> dict:
         total, count = 0.0, 0
-        for inputs, targets in val_batches(trainer.data, self.micro_batch_size, self.num_batches, trainer.rank,
-                                           trainer.world_size):
+        for inputs, targets in val_batches(
+            trainer.data, self.micro_batch_size, self.num_batches, trainer.rank, trainer.world_size
+        ):
             loss, n = trainer.engine.eval_loss(inputs, targets)
             total, count = total + loss, count + n
         total, count = dist.all_reduce_sum([total, count])
@@ -88,8 +94,10 @@ class EvalCallback(Callback):
 
 def parameter_counts(module: nn.Module) -> dict:
     params = list(module.parameters())
-    return {"params/total": sum(p.numel() for p in params),
-            "params/trainable": sum(p.numel() for p in params if p.requires_grad)}
+    return {
+        "params/total": sum(p.numel() for p in params),
+        "params/trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
 
 
 class MemoryCallback(Callback):
@@ -124,7 +132,9 @@ class ProgressCallback(Callback):
     def on_fit_end(self, trainer) -> None:
         first = trainer.state.first_val_loss
         if trainer.exit_code is None and self.final is not None and first is not None:
-            trainer.log.info(f"done: validation loss {first:.4f} at step 0 -> {self.final:.4f} at step {trainer.state.step}")
+            trainer.log.info(
+                f"done: validation loss {first:.4f} at step 0 -> {self.final:.4f} at step {trainer.state.step}"
+            )
 
 
 class StopCallback(Callback):

@@ -9,6 +9,7 @@ One checkpoint, <run>/checkpoints/step_XXXXXXX/, holds:
 - config.yaml and tokenizer.model (trainer/runfiles.py), and MANIFEST.json: how the folder is staged,
   sealed, verified and pruned is trainer/manifest.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,19 @@ class Checkpointer:
     `strategies` the param and agg strategies whose state_dict() rides in trainer.pt, `cfg` the whole run
     config (a checkpoint carries its own config.yaml)."""
 
-    def __init__(self, *, engine, cfg: Config, run_dir: str, vocab_size: int, tokenizer_path: str,
-                 strategies: dict[str, Stateful], rank: int, world_size: int, info: Callable[[str], None] = print):
+    def __init__(
+        self,
+        *,
+        engine,
+        cfg: Config,
+        run_dir: str,
+        vocab_size: int,
+        tokenizer_path: str,
+        strategies: dict[str, Stateful],
+        rank: int,
+        world_size: int,
+        info: Callable[[str], None] = print,
+    ):
         self.engine, self.cfg, self.run_dir, self.strategies = engine, cfg, run_dir, strategies
         self.vocab_size, self.tokenizer_path = vocab_size, tokenizer_path
         self.rank, self.world_size, self.info = rank, world_size, info
@@ -72,7 +84,9 @@ class Checkpointer:
             # DeepSpeed saves rank 0's copy of the optimizer state, which here holds rank 0's parameters only:
             # each rank writes the state of the parameters it owns into its own file.
             rank_state["optimizer"] = self.engine.client_optimizer.state_dict()
-        written[os.path.basename(rank_file(tmp, self.rank))] = manifest.save_object(rank_state, rank_file(tmp, self.rank))
+        written[os.path.basename(rank_file(tmp, self.rank))] = manifest.save_object(
+            rank_state, rank_file(tmp, self.rank)
+        )
         if self.rank == 0:
             written[os.path.basename(shared_file(tmp))] = manifest.save_object(asdict(state), shared_file(tmp))
             runfiles.save_into_checkpoint(tmp, self.run_dir, self.cfg, self.vocab_size, self.tokenizer_path)
@@ -87,8 +101,12 @@ class Checkpointer:
         resume). Restores the engine, this rank's optimizer shard and RNG states, and the strategies."""
         if path is None:
             mode = self.cfg.train.verify_checkpoint
-            path = find_resume(self.root, self.cfg.train.resume, self.info,
-                               lambda p: verify_shared(p, mode, self.rank, self.world_size))
+            path = find_resume(
+                self.root,
+                self.cfg.train.resume,
+                self.info,
+                lambda p: verify_shared(p, mode, self.rank, self.world_size),
+            )
             path = dist.broadcast_object(path)  # rank 0's answer, should a rank have seen another folder listing
         if path is None:
             return None
@@ -128,9 +146,11 @@ def find_resume(root: str, resume: str, warn, check=manifest.verify) -> str | No
     if resume != "auto":
         problem = check(resume) if os.path.isdir(resume) else "no such directory"
         if problem:
-            raise ValueError(f"train.resume={resume!r} is not a usable checkpoint: {problem}; pick another or use train.resume=auto")
+            raise ValueError(
+                f"train.resume={resume!r} is not a usable checkpoint: {problem}; pick another or use train.resume=auto"
+            )
         return resume
-    for step, path in manifest.list_checkpoints(root):
+    for _step, path in manifest.list_checkpoints(root):
         problem = check(path)
         if problem is None:
             return path
@@ -165,7 +185,9 @@ def load_file(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a file that passed the manifest but still cannot be read
-        raise ValueError(f"checkpoint file {path} cannot be read ({type(e).__name__}); resume from another with train.resume=<dir>") from None
+        raise ValueError(
+            f"checkpoint file {path} cannot be read ({type(e).__name__}); resume from another with train.resume=<dir>"
+        ) from None
 
 
 def load_for_export(ckpt_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:

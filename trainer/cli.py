@@ -8,6 +8,7 @@ Under `-m`, the task function returns instead of exiting (a `sys.exit` inside it
 and records each job's exit code in a `JobLog`; each job gets its own run directory, named from the values
 swept (`sweep_run_name`).
 """
+
 from __future__ import annotations
 
 import os

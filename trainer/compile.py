@@ -12,6 +12,7 @@ Measured on CPU, 20m, one thread (`python -m benchmarks speed --compile --params
 two runs on a loaded 2-core machine): compiled/eager tokens/s 0.97 and 1.03 for full rank (parity within
 noise), 1.19 and 1.25 for SLTrain (its dense-weight rebuild fuses); the first step compiles (~25-30 s cold).
 """
+
 from __future__ import annotations
 
 from torch import nn

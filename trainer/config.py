@@ -5,6 +5,7 @@ are Hydra groups whose options are the strategies' config dataclasses (trainer/r
 in Hydra's ConfigStore when it registers); a YAML under conf/<group>/ holding `{name: ..., **fields}`
 also works. `resolve()` turns each group node into the typed config its registry entry declares.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,11 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.attn in ("auto", "sdpa"), "model.attn", f"{self.attn!r} is not one of auto, sdpa")
         _check(self.max_seq_len > 0, "model.max_seq_len", "must be positive")
-        _check(self.vocab_size is None or self.vocab_size > 0, f"model.vocab_size={self.vocab_size}",
-               "must be positive (or null: the tokenizer's size)")
+        _check(
+            self.vocab_size is None or self.vocab_size > 0,
+            f"model.vocab_size={self.vocab_size}",
+            "must be positive (or null: the tokenizer's size)",
+        )
 
 
 @dataclass
@@ -71,10 +75,16 @@ class DataConfig:
     def __post_init__(self):
         _check(self.seq_len > 0, "data.seq_len", "must be positive")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
-        _check(self.vocab_size >= 260, "data.vocab_size", "must be at least 260 (256 byte pieces, unk, bos, eos and more)")
+        _check(
+            self.vocab_size >= 260, "data.vocab_size", "must be at least 260 (256 byte pieces, unk, bos, eos and more)"
+        )
         _check(self.stream_chunk_tokens > 0, "data.stream_chunk_tokens", "must be positive")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0 (0: one per CPU core)")
-        _check(self.text_documents in ("blank_line", "file"), "data.text_documents", f"{self.text_documents!r} is not blank_line or file")
+        _check(
+            self.text_documents in ("blank_line", "file"),
+            "data.text_documents",
+            f"{self.text_documents!r} is not blank_line or file",
+        )
 
 
 @dataclass
@@ -132,33 +142,53 @@ class TrainConfig:
         _check(self.steps > 0, "train.steps", "must be positive")
         _check(self.zero_stage in (0, 1, 2), "train.zero_stage", f"{self.zero_stage} is not 0, 1 or 2")
         if self.precision == "bf16":
-            raise ValueError("train.precision=bf16 is ambiguous; use amp_bf16 (fp32 weights, bf16 autocast: the former "
-                             "bf16) or pure_bf16 (bf16 weights and gradients)")
-        _check(self.precision in PRECISIONS, "train.precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        _check(not (self.precision == "pure_bf16" and self.zero_stage > 0), "train.precision",
-               "pure_bf16 needs train.zero_stage=0 (ZeRO-1/2 keep fp32 master partitions); set train.zero_stage=0")
-        _check(self.activation_checkpointing in ("none", "full", "selective"), "train.activation_checkpointing",
-               f"{self.activation_checkpointing!r} is not none, full or selective")
+            raise ValueError(
+                "train.precision=bf16 is ambiguous; use amp_bf16 (fp32 weights, bf16 autocast: the former "
+                "bf16) or pure_bf16 (bf16 weights and gradients)"
+            )
+        _check(
+            self.precision in PRECISIONS, "train.precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}"
+        )
+        _check(
+            not (self.precision == "pure_bf16" and self.zero_stage > 0),
+            "train.precision",
+            "pure_bf16 needs train.zero_stage=0 (ZeRO-1/2 keep fp32 master partitions); set train.zero_stage=0",
+        )
+        _check(
+            self.activation_checkpointing in ("none", "full", "selective"),
+            "train.activation_checkpointing",
+            f"{self.activation_checkpointing!r} is not none, full or selective",
+        )
         _check(self.device in ("auto", "cpu", "cuda"), "train.device", f"{self.device!r} is not auto, cpu or cuda")
         _check(self.micro_batch_size > 0, f"train.micro_batch_size={self.micro_batch_size}", "must be positive")
         _check(self.global_batch_size > 0, f"train.global_batch_size={self.global_batch_size}", "must be positive")
         _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
         _check(self.keep_last >= 1, "train.keep_last", "must be at least 1")
         _check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0: look the GPU up)")
-        _check(self.verify_checkpoint in ("full", "sizes", "off"), "train.verify_checkpoint",
-               f"{self.verify_checkpoint!r} is not full, sizes or off")
+        _check(
+            self.verify_checkpoint in ("full", "sizes", "off"),
+            "train.verify_checkpoint",
+            f"{self.verify_checkpoint!r} is not full, sizes or off",
+        )
         self._check_counts()
 
     def _check_counts(self) -> None:
         # 0 is no "off" switch for these: each is a period (step % every), and `steps` already means "only at the end"
         for key in ("save_every", "eval_every", "log_every"):
             value = getattr(self, key)
-            _check(value > 0, f"train.{key}={value}", "must be a positive number of steps (to do it only at the end, "
-                   "set it to train.steps)")
+            _check(
+                value > 0,
+                f"train.{key}={value}",
+                "must be a positive number of steps (to do it only at the end, set it to train.steps)",
+            )
         _check(self.eval_batches >= 0, f"train.eval_batches={self.eval_batches}", "must be >= 0 (0: no evaluation)")
         _check(self.stop_at >= 0, f"train.stop_at={self.stop_at}", "must be >= 0 (the step to stop after; 0: never)")
-        _check(self.stop_at <= self.steps, f"train.stop_at={self.stop_at}",
-               f"is past train.steps={self.steps}, so it would never stop the run; set it to at most train.steps (0: never)")
+        _check(
+            self.stop_at <= self.steps,
+            f"train.stop_at={self.stop_at}",
+            f"is past train.steps={self.steps}, so it would never stop the run; set it to at most train.steps "
+            f"(0: never)",
+        )
         _check(self.max_time >= 0, f"train.max_time={self.max_time}", "must be >= 0 (seconds; 0: no limit)")
         _check(self.threads >= 0, f"train.threads={self.threads}", "must be >= 0 (0: torch's default)")
         _check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}", "must be >= 0 (0: off)")
@@ -181,8 +211,14 @@ class LogConfig:
     """auto (a bar on a terminal, plain lines otherwise) | bar | lines."""
 
     def __post_init__(self):
-        _check(self.wandb in ("online", "offline", "disabled"), "log.wandb", f"{self.wandb!r} is not online, offline or disabled")
-        _check(self.progress in ("auto", "bar", "lines"), "log.progress", f"{self.progress!r} is not auto, bar or lines")
+        _check(
+            self.wandb in ("online", "offline", "disabled"),
+            "log.wandb",
+            f"{self.wandb!r} is not online, offline or disabled",
+        )
+        _check(
+            self.progress in ("auto", "bar", "lines"), "log.progress", f"{self.progress!r} is not auto, bar or lines"
+        )
 
 
 @dataclass

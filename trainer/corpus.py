@@ -3,6 +3,7 @@
 Each source yields documents (strings) and a fingerprint that changes when the text does,
 so tokenizers and tokenized corpora can be cached by it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,13 +14,20 @@ import os
 import re
 import sys
 import sysconfig
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from trainer import rows
 from trainer.config import DataConfig
 
-LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+LOCAL_FORMATS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 BUILTIN_MAX_CHARS = 6_000_000
 SNIFF_BYTES = 1 << 16  # how much of each local file check_contents reads
 
@@ -55,8 +63,10 @@ def _folder_files(source: str, path: str) -> list[str]:
     files = [str(p) for p in found if p.suffix in LOCAL_FORMATS]
     if not files:
         held = f"it holds {len(found)} other file(s), e.g. {found[0].name}" if found else "it is empty"
-        raise ValueError(f"data.source={source!r} is a folder with no {_kinds()} file in it ({held}); "
-                         f"point data.source at a folder or file of text")
+        raise ValueError(
+            f"data.source={source!r} is a folder with no {_kinds()} file in it ({held}); "
+            f"point data.source at a folder or file of text"
+        )
     return files
 
 
@@ -72,7 +82,10 @@ def local_files(source: str) -> list[str]:
     elif os.path.exists(path):
         files = [path]
     else:
-        raise ValueError(f"data.source={source!r}: no such file or folder; give a .txt/.jsonl/.parquet path, 'builtin', or a hub dataset name")
+        raise ValueError(
+            f"data.source={source!r}: no such file or folder; give a .txt/.jsonl/.parquet path, 'builtin', or "
+            f"a hub dataset name"
+        )
     formats = {LOCAL_FORMATS.get(Path(f).suffix) for f in files}
     if None in formats or len(formats) > 1:
         raise ValueError(f"data.source={source!r}: files must all be one of {', '.join(sorted(LOCAL_FORMATS))}")
@@ -91,8 +104,10 @@ def check_contents(files: list[str], text_field: str) -> None:
         if fmt == "parquet":
             rows.check_parquet(path, text_field)
         elif b"\0" in head:  # no text or JSON file holds a NUL byte; UTF-16 and binaries do
-            raise ValueError(f"data.source: {path} looks binary (a NUL byte at offset {head.index(0)}), not UTF-8 text; "
-                             f"remove it from data.source or convert it to UTF-8")
+            raise ValueError(
+                f"data.source: {path} looks binary (a NUL byte at offset {head.index(0)}), not UTF-8 text; "
+                f"remove it from data.source or convert it to UTF-8"
+            )
         elif fmt == "json" and not rows.is_array(path):  # an array is parsed whole: left to the first read
             for where, row in itertools.islice(rows.json_rows(path), 100):
                 rows.row_text(row, text_field, where)
@@ -136,7 +151,11 @@ def text_file_documents(path: str, split: str) -> Iterator[str]:
 
 
 def is_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(source)) or Path(source).suffix in LOCAL_FORMATS
+    return (
+        source.startswith((".", "/", "~"))
+        or os.path.exists(os.path.expanduser(source))
+        or Path(source).suffix in LOCAL_FORMATS
+    )
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -209,4 +228,7 @@ def check_source(cfg: DataConfig) -> None:
     elif cfg.source != "builtin":
         check_hub(cfg)
     if cfg.tokenizer and not os.path.isfile(os.path.expanduser(cfg.tokenizer)):
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r} does not exist; give a sentencepiece .model file or leave it null to train one")
+        raise ValueError(
+            f"data.tokenizer={cfg.tokenizer!r} does not exist; give a sentencepiece .model file or leave it "
+            f"null to train one"
+        )

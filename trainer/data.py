@@ -8,6 +8,7 @@ Sequences are non-overlapping windows of seq_len + 1 tokens; the last val_fracti
 is held out. The order of training sequences is a per-epoch permutation from the seed, so
 the data position is just the number of optimizer steps taken.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,10 @@ from trainer.seeding import mix_seed
 
 WAIT_REPORT_S = 30.0
 MIN_VOCAB = 260  # DataConfig's floor: 256 byte pieces, unk, bos, eos and more
-WAIT_HINT = ("; if the ranks run on several machines, data.cache_dir must be on a filesystem they share, "
-             "or run `python -m trainer.prepare` with the same data settings on each machine first")
+WAIT_HINT = (
+    "; if the ranks run on several machines, data.cache_dir must be on a filesystem they share, "
+    "or run `python -m trainer.prepare` with the same data settings on each machine first"
+)
 
 
 def _cache_dir(cfg: DataConfig) -> str:
@@ -67,11 +70,23 @@ def train_tokenizer(cfg: DataConfig, path: str) -> None:
     prefix = tokenizing.temp_path(path)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=islice(sentences(), 2_000_000), model_prefix=prefix, vocab_size=cfg.vocab_size,
-            model_type="bpe", byte_fallback=True, character_coverage=0.9995, num_threads=os.cpu_count() or 1,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
-            split_digits=True, allow_whitespace_only_pieces=True,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+            sentence_iterator=islice(sentences(), 2_000_000),
+            model_prefix=prefix,
+            vocab_size=cfg.vocab_size,
+            model_type="bpe",
+            byte_fallback=True,
+            character_coverage=0.9995,
+            num_threads=os.cpu_count() or 1,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            minloglevel=2,
         )
         if failed:
             raise failed[0]
@@ -90,20 +105,28 @@ def _training_error(cfg: DataConfig, message: str) -> ValueError:
     if too_high:
         most = int(too_high.group(1))
         fix = f"set data.vocab_size<={most} or use more text" if most >= MIN_VOCAB else "use more text"
-        return ValueError(f"data.vocab_size={cfg.vocab_size}: data.source={cfg.source!r} is too small for it (its text "
-                          f"makes at most {most} pieces); {fix}")
-    return ValueError(f"data.vocab_size={cfg.vocab_size}: sentencepiece cannot train on {cfg.source} "
-                      f"({message.splitlines()[0][-160:]}); change data.vocab_size or data.source")
+        return ValueError(
+            f"data.vocab_size={cfg.vocab_size}: data.source={cfg.source!r} is too small for it (its text "
+            f"makes at most {most} pieces); {fix}"
+        )
+    return ValueError(
+        f"data.vocab_size={cfg.vocab_size}: sentencepiece cannot train on {cfg.source} "
+        f"({message.splitlines()[0][-160:]}); change data.vocab_size or data.source"
+    )
 
 
 def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
     try:
         sp = spm.SentencePieceProcessor(model_file=path)
     except (OSError, RuntimeError) as e:
-        raise ValueError(f"data.tokenizer={path!r} is not a valid sentencepiece model ({e}); retrain it or fix the path") from None
+        raise ValueError(
+            f"data.tokenizer={path!r} is not a valid sentencepiece model ({e}); retrain it or fix the path"
+        ) from None
     if sp.eos_id() < 0:  # documents are joined with EOS
-        raise ValueError(f"data.tokenizer={path!r} has no EOS piece (eos_id=-1); retrain it with an eos_id "
-                         f"(e.g. --eos_id=2) or leave data.tokenizer unset to train one")
+        raise ValueError(
+            f"data.tokenizer={path!r} has no EOS piece (eos_id=-1); retrain it with an eos_id "
+            f"(e.g. --eos_id=2) or leave data.tokenizer unset to train one"
+        )
     return sp
 
 
@@ -198,7 +221,9 @@ def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus | stream.StreamCo
 
     def train():
         preflight.check_writable(cfg.cache_dir, "data.cache_dir")  # only now: a prepared cache may be read-only
-        print(f"data: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source} (cached for later runs)", flush=True)
+        print(
+            f"data: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source} (cached for later runs)", flush=True
+        )
         train_tokenizer(cfg, tok_path)
 
     _build_or_wait(is_main, tok_path, "train the tokenizer", train)
@@ -209,8 +234,11 @@ def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus | stream.StreamCo
 
     def tokenize():
         preflight.check_writable(cfg.cache_dir, "data.cache_dir")
-        print(f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs; "
-              f"`python -m trainer.prepare` does this ahead of training)", flush=True)
+        print(
+            f"data: tokenizing {cfg.source} into {tokens_path} (cached for later runs; "
+            f"`python -m trainer.prepare` does this ahead of training)",
+            flush=True,
+        )
         tokenize_corpus(cfg, tok_path, tokens_path)
 
     _build_or_wait(is_main, tokens_path + ".json", "tokenize the corpus", tokenize)
@@ -221,7 +249,10 @@ def prepare(cfg: DataConfig, is_main: bool, barrier) -> Corpus | stream.StreamCo
     num_seqs = (len(tokens) - 1) // cfg.seq_len
     num_val = max(1, int(num_seqs * cfg.val_fraction))
     if num_seqs - num_val < 1:
-        raise ValueError(f"data.source={cfg.source!r} has {len(tokens)} tokens: too few for data.seq_len={cfg.seq_len}; use more text or a shorter seq_len")
+        raise ValueError(
+            f"data.source={cfg.source!r} has {len(tokens)} tokens: too few for data.seq_len={cfg.seq_len}; "
+            f"use more text or a shorter seq_len"
+        )
     return Corpus(tokens, cfg.seq_len, num_seqs - num_val, num_val, sp.vocab_size(), tok_path)
 
 
@@ -241,7 +272,12 @@ class TrainBatches:
         first = step * self.global_batch + self.rank * per_rank
         out = []
         for start in range(first, first + per_rank, self.micro_batch):
-            rows = np.stack([self.data.sequence(self.data.train_index(i, self.seed)) for i in range(start, start + self.micro_batch)])
+            rows = np.stack(
+                [
+                    self.data.sequence(self.data.train_index(i, self.seed))
+                    for i in range(start, start + self.micro_batch)
+                ]
+            )
             rows = torch.from_numpy(rows.astype(np.int64))
             out.append((rows[:, :-1], rows[:, 1:]))
         return out

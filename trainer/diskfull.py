@@ -4,6 +4,7 @@ torch.save reports a failed write as `RuntimeError: [enforce fail at inline_cont
 OSError (ENOSPC) as its context when the file object is ours (manifest.HashingFile), with nothing when torch
 opened the file itself; then the free space left on the file's disk decides.
 """
+
 from __future__ import annotations
 
 import errno
@@ -57,6 +58,9 @@ def stops_the_run(path: str, doing: str, cleanup=None):
             raise
         if cleanup is not None:
             cleanup()
-        where = next((e.filename for e in _chain(e) if isinstance(e, OSError) and e.filename), path)  # the file, if named
-        raise ValueError(f"disk full ({reason}) at {where} while {doing}; "
-                         f"free space on that disk or set run.out_dir to another one") from None
+        where = next(
+            (e.filename for e in _chain(e) if isinstance(e, OSError) and e.filename), path
+        )  # the file, if named
+        raise ValueError(
+            f"disk full ({reason}) at {where} while {doing}; free space on that disk or set run.out_dir to another one"
+        ) from None

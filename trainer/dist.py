@@ -4,6 +4,7 @@ This module and trainer/engine.py (the DeepSpeed engine) are the only ones in `t
 torch.distributed or DeepSpeed; everything else gets plain values from the functions below. Each collective
 is a no-op in a world of one, so every code path is the same in one process.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -47,8 +48,11 @@ def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -
     export_torch_env(env)
     import deepspeed  # here: importing it prints an accelerator line, which commands that start no group skip
 
-    deepspeed.init_distributed(dist_backend=process_group_backend(device), auto_mpi_discovery=False,
-                               timeout=datetime.timedelta(seconds=timeout_s))
+    deepspeed.init_distributed(
+        dist_backend=process_group_backend(device),
+        auto_mpi_discovery=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
 
 
 def served_devices(backend: str) -> set[str]:

@@ -6,6 +6,7 @@ Everything else gets plain tensors, a process group, or the small `Ops` object b
 `Engine.step` for one optimizer step and gets its metrics back: it knows neither ZeRO stages nor when
 DeepSpeed wants `step()` called.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,7 @@ def deepspeed_config(train: TrainConfig, world_size: int, autocast: bool) -> dic
 class Ops:
     """What a strategy's step hook may ask of the engine (trainer.strategy.EngineOps)."""
 
-    engine: "deepspeed.DeepSpeedEngine"
+    engine: deepspeed.DeepSpeedEngine
     optimizer: torch.optim.Optimizer  # the client optimizer
     zero_steps: ZeroResetSteps | None = None
 
@@ -133,8 +134,16 @@ class Engine:
     steps_in_backward = False  # the optimizer updates each weight in its gradient hook (optim/base.py)
     accumulation = 1  # micro-batches per optimizer step
 
-    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, aggregator: Aggregator,
-                 train: TrainConfig, world_size: int, device: torch.device):
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        aggregator: Aggregator,
+        train: TrainConfig,
+        world_size: int,
+        device: torch.device,
+    ):
         self.precision = precision.resolve(train.precision, device.type)
         self.autocast = precision.autocast_dtype(self.precision)
         self.client_optimizer, self.aggregator = optimizer, aggregator
@@ -144,7 +153,9 @@ class Engine:
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.ds, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(train, world_size, self.autocast is not None),
+            model=model,
+            optimizer=optimizer,
+            config=deepspeed_config(train, world_size, self.autocast is not None),
             dist_init_required=False,
         )
         if not aggregator.uses_engine_allreduce:
@@ -153,8 +164,11 @@ class Engine:
             self.ds.enable_backward_allreduce = False  # the aggregator combines the ranks' gradients instead
         if self.steps_in_backward:
             self.ds.enable_backward_allreduce = False  # each gradient is averaged in its own hook, before its update
-        self.norm = NormInBackward() if self.steps_in_backward else (
-            NormBeforeStep() if self.ds.zero_optimization_stage() == 0 else NormAfterStep())
+        self.norm = (
+            NormInBackward()
+            if self.steps_in_backward
+            else (NormBeforeStep() if self.ds.zero_optimization_stage() == 0 else NormAfterStep())
+        )
         self.ops = Ops(self.ds, optimizer)
 
     @property
@@ -204,7 +218,9 @@ class Engine:
         self.ds.eval()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast is not None):
             logits = self.module(inputs.to(self.device))
-        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(self.device).flatten(), reduction="sum")
+        loss = nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), targets.to(self.device).flatten(), reduction="sum"
+        )
         self.ds.train()
         return float(loss), targets.numel()
 
@@ -222,8 +238,12 @@ class Engine:
     def load(self, directory: str, tag: str) -> None:
         # DeepSpeed saved rank 0's optimizer state only: one that shards its own state is reloaded per rank
         # from the rank files instead (Checkpointer.load).
-        path, client_state = self.ds.load_checkpoint(directory, tag=tag, load_lr_scheduler_states=False,
-                                                     load_optimizer_states=not shards_own_state(self.client_optimizer))
+        path, client_state = self.ds.load_checkpoint(
+            directory,
+            tag=tag,
+            load_lr_scheduler_states=False,
+            load_optimizer_states=not shards_own_state(self.client_optimizer),
+        )
         if path is None:
             raise ValueError(f"checkpoint {directory} has no engine state")
         self.ops.load_state_dict(client_state.pop("ops", {}))

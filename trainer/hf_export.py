@@ -8,6 +8,7 @@ Two things differ from the project's layout besides key names:
 - config: transformers 4.x reads `rope_theta` and `torch_dtype`, 5.x `rope_parameters` and `dtype`; both are
   written so either version loads the directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,12 @@ ROPE_THETA = 10000.0  # models.llama.rotary_tables' default, the one Llama uses
 WEIGHTS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # transformers' save_pretrained default in 4.x
 
-_BLOCK_KEYS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "attn": "self_attn", "mlp": "mlp"}
+_BLOCK_KEYS = {
+    "attn_norm": "input_layernorm",
+    "mlp_norm": "post_attention_layernorm",
+    "attn": "self_attn",
+    "mlp": "mlp",
+}
 
 
 def permute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -61,14 +67,29 @@ def hf_config(model: Llama, dtype: torch.dtype, special_ids: dict) -> dict:
     shape = model.shape
     dtype_name = str(dtype).removeprefix("torch.")
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": shape.hidden, "intermediate_size": shape.intermediate, "num_hidden_layers": shape.num_layers,
-        "num_attention_heads": shape.num_heads, "num_key_value_heads": shape.num_heads, "head_dim": shape.hidden // shape.num_heads,
-        "vocab_size": model.embed.weight.shape[0], "max_position_embeddings": model.max_seq_len,
-        "rms_norm_eps": model.norm.eps, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": False, "initializer_range": 0.02, "use_cache": True,
-        "rope_theta": ROPE_THETA, "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
-        "torch_dtype": dtype_name, "dtype": dtype_name, **special_ids,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_heads,
+        "num_key_value_heads": shape.num_heads,
+        "head_dim": shape.hidden // shape.num_heads,
+        "vocab_size": model.embed.weight.shape[0],
+        "max_position_embeddings": model.max_seq_len,
+        "rms_norm_eps": model.norm.eps,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "rope_theta": ROPE_THETA,
+        "rope_scaling": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA},
+        "torch_dtype": dtype_name,
+        "dtype": dtype_name,
+        **special_ids,
     }
 
 
@@ -97,8 +118,14 @@ def write_weights(state: dict[str, torch.Tensor], out_dir: str, max_shard_bytes:
     return names
 
 
-def write_hf(out_dir: str, dense: dict[str, torch.Tensor], model: Llama, tokenizer_path: str, dtype: torch.dtype,
-             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+def write_hf(
+    out_dir: str,
+    dense: dict[str, torch.Tensor],
+    model: Llama,
+    tokenizer_path: str,
+    dtype: torch.dtype,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> list[str]:
     """Write a directory that AutoModelForCausalLM / AutoTokenizer.from_pretrained load; returns the file names."""
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(out_dir):  # stale shards of an earlier export would be picked up with the new index
@@ -111,4 +138,11 @@ def write_hf(out_dir: str, dense: dict[str, torch.Tensor], model: Llama, tokeniz
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump(generation, f, indent=2)
     weights = write_weights(hf_state_dict(dense, model.shape.num_heads, dtype), out_dir, max_shard_bytes)
-    return ["config.json", "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json", *weights]
+    return [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        *weights,
+    ]

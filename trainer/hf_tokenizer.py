@@ -11,6 +11,7 @@ as in transformers' legacy Llama converter, and spaces become U+2581 before the 
 `split_special_tokens` keeps literal "<s>" / "</s>" in the text as text, as sentencepiece does.
 No BOS is added: the project trains on documents joined by EOS, without BOS.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,10 +54,14 @@ def _normalizer(proto) -> dict | None:
     if spec.precompiled_charsmap:  # nmt_nfkc and friends: the exact same character map
         import base64
 
-        steps.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(spec.precompiled_charsmap).decode()})
+        steps.append(
+            {"type": "Precompiled", "precompiled_charsmap": base64.b64encode(spec.precompiled_charsmap).decode()}
+        )
     if spec.remove_extra_whitespaces:
-        steps += [{"type": "Strip", "strip_left": True, "strip_right": True},
-                  {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]
+        steps += [
+            {"type": "Strip", "strip_left": True, "strip_right": True},
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+        ]
     if spec.add_dummy_prefix:
         steps.append({"type": "Prepend", "prepend": SPACE})
     steps.append({"type": "Replace", "pattern": {"String": " "}, "content": SPACE})
@@ -66,26 +71,64 @@ def _normalizer(proto) -> dict | None:
 def _model(proto, vocab: dict[str, int]) -> dict:
     unk, byte_fallback = proto.trainer_spec.unk_id, proto.trainer_spec.byte_fallback
     if proto.trainer_spec.model_type == MODEL_BPE:
-        return {"type": "BPE", "dropout": None, "unk_token": proto.pieces[unk].piece, "continuing_subword_prefix": None,
-                "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": byte_fallback, "ignore_merges": False,
-                "vocab": vocab, "merges": bpe_merges(vocab, {p.piece for p in proto.pieces if p.type not in NEVER_IN_TEXT})}
+        return {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": proto.pieces[unk].piece,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": byte_fallback,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": bpe_merges(vocab, {p.piece for p in proto.pieces if p.type not in NEVER_IN_TEXT}),
+        }
     if proto.trainer_spec.model_type == MODEL_UNIGRAM:
         # tokenizers' lattice would match "<s>" or "<0x41>" in text, unless they cost more than any other path
-        return {"type": "Unigram", "unk_id": unk, "byte_fallback": byte_fallback,
-                "vocab": [[p.piece, UNREACHABLE if p.type in NEVER_IN_TEXT else p.score] for p in proto.pieces]}
-    raise ValueError(f"sentencepiece model type {proto.trainer_spec.model_type} cannot be exported; use a BPE or unigram tokenizer")
+        return {
+            "type": "Unigram",
+            "unk_id": unk,
+            "byte_fallback": byte_fallback,
+            "vocab": [[p.piece, UNREACHABLE if p.type in NEVER_IN_TEXT else p.score] for p in proto.pieces],
+        }
+    raise ValueError(
+        f"sentencepiece model type {proto.trainer_spec.model_type} cannot be exported; use a BPE or unigram tokenizer"
+    )
 
 
 def tokenizer_json(proto) -> dict:
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-    special = [{"id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-                "special": True} for i, p in enumerate(proto.pieces) if p.type in (PIECE_UNKNOWN, PIECE_CONTROL)]
-    decoders = [{"type": "Replace", "pattern": {"String": SPACE}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]
+    special = [
+        {
+            "id": i,
+            "content": p.piece,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, p in enumerate(proto.pieces)
+        if p.type in (PIECE_UNKNOWN, PIECE_CONTROL)
+    ]
+    decoders = [
+        {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"},
+    ]
     if proto.normalizer_spec.add_dummy_prefix:  # sentencepiece drops the dummy prefix when decoding
         decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
-    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": special,
-            "normalizer": _normalizer(proto), "pre_tokenizer": None, "post_processor": None,
-            "decoder": {"type": "Sequence", "decoders": decoders}, "model": _model(proto, vocab)}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": special,
+        "normalizer": _normalizer(proto),
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": _model(proto, vocab),
+    }
 
 
 def tokenizer_config(proto, max_length: int) -> dict:
@@ -94,9 +137,16 @@ def tokenizer_config(proto, max_length: int) -> dict:
     def piece(i):
         return proto.pieces[i].piece if 0 <= i < len(proto.pieces) else None
 
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": piece(spec.bos_id), "eos_token": piece(spec.eos_id),
-            "unk_token": piece(spec.unk_id), "pad_token": piece(spec.pad_id), "model_max_length": max_length,
-            "split_special_tokens": True, "clean_up_tokenization_spaces": False}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": piece(spec.bos_id),
+        "eos_token": piece(spec.eos_id),
+        "unk_token": piece(spec.unk_id),
+        "pad_token": piece(spec.pad_id),
+        "model_max_length": max_length,
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+    }
 
 
 def write_tokenizer(model_path: str, out_dir: str, max_length: int) -> dict:
@@ -108,5 +158,8 @@ def write_tokenizer(model_path: str, out_dir: str, max_length: int) -> dict:
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tokenizer_config(proto, max_length), f, indent=2)
     spec = proto.trainer_spec
-    return {"bos_token_id": spec.bos_id if spec.bos_id >= 0 else None, "eos_token_id": spec.eos_id if spec.eos_id >= 0 else None,
-            "pad_token_id": spec.pad_id if spec.pad_id >= 0 else None}
+    return {
+        "bos_token_id": spec.bos_id if spec.bos_id >= 0 else None,
+        "eos_token_id": spec.eos_id if spec.eos_id >= 0 else None,
+        "pad_token_id": spec.pad_id if spec.pad_id >= 0 else None,
+    }

@@ -14,6 +14,7 @@ live-looking pid on another host cannot be checked from here; the error says whi
 The file appears complete or not at all (written beside it, then hard-linked into place: atomic and
 exclusive also on NFS), so a reader never sees half a lock.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,12 @@ def _job_id() -> str | None:
 
 
 def _me() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": psutil.Process().create_time(), "job": _job_id()}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": psutil.Process().create_time(),
+        "job": _job_id(),
+    }
 
 
 def describe(holder: dict | None) -> str:
@@ -78,8 +84,10 @@ def stale_reason(holder: dict | None) -> str | None:
 
 
 def _in_use(run_dir: str, holder: dict | None) -> str:
-    return (f"run directory {run_dir} is in use by {describe(holder)} (lock {os.path.join(run_dir, LOCK)}); "
-            f"pick another run.name, wait for it to end, or delete the lock if that process is gone")
+    return (
+        f"run directory {run_dir} is in use by {describe(holder)} (lock {os.path.join(run_dir, LOCK)}); "
+        f"pick another run.name, wait for it to end, or delete the lock if that process is gone"
+    )
 
 
 def check_free(run_dir: str) -> None:

@@ -2,6 +2,7 @@
 `Engine.step` (one optimizer step in, its metrics out), saving only through trainer/checkpoint.py, and
 everything optional around a step (evaluation, memory, progress, stop requests, checkpoints) as callbacks
 (trainer/callbacks.py)."""
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,20 @@ def lr_schedule(step: int, train: TrainConfig) -> float:
 class Trainer:
     """Steps the engine to train.steps over `data`, with `callbacks` around each step (default: every run's)."""
 
-    def __init__(self, *, train: TrainConfig, seq_len: int, engine: Engine, param: ParamStrategy, data: Corpus,
-                 checkpointer: Checkpointer, log: MetricsLog, rank: int, world_size: int,
-                 callbacks: list[Callback] | None = None):
+    def __init__(
+        self,
+        *,
+        train: TrainConfig,
+        seq_len: int,
+        engine: Engine,
+        param: ParamStrategy,
+        data: Corpus,
+        checkpointer: Checkpointer,
+        log: MetricsLog,
+        rank: int,
+        world_size: int,
+        callbacks: list[Callback] | None = None,
+    ):
         self.train, self.seq_len, self.engine, self.param, self.data = train, seq_len, engine, param, data
         self.checkpointer, self.log, self.rank, self.world_size = checkpointer, log, rank, world_size
         self.callbacks = default_callbacks(train) if callbacks is None else callbacks
@@ -51,9 +63,15 @@ class Trainer:
         elapsed = time.perf_counter() - start
         tokens = self.train.global_batch_size * self.seq_len
         self.state.tokens_seen += tokens
-        metrics = {"train/loss": out.pop("train/loss"), "train/lr": lr, "train/grad_norm": out.pop("train/grad_norm"),
-                   "train/step_time_s": elapsed, "train/tokens_per_s": tokens / elapsed,
-                   "train/tokens_seen": self.state.tokens_seen, **out}  # the rest: the aggregator's
+        metrics = {
+            "train/loss": out.pop("train/loss"),
+            "train/lr": lr,
+            "train/grad_norm": out.pop("train/grad_norm"),
+            "train/step_time_s": elapsed,
+            "train/tokens_per_s": tokens / elapsed,
+            "train/tokens_seen": self.state.tokens_seen,
+            **out,
+        }  # the rest: the aggregator's
         return metrics | self.throughput(metrics)
 
     def fire(self, hook: str, *args) -> None:

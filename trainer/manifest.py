@@ -18,6 +18,7 @@ A checkpoint that fails is reported and skipped (never deleted). Re-saving a ste
 old folder aside (still found by resume) until the new one is in place. A full disk mid-save stops the run
 with one line and removes the unfinished folder (`saving`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -174,7 +175,9 @@ def _hash_units(manifest: dict) -> list[tuple[str, int, int, str]]:
             units.append((rel, 0, meta["bytes"], meta["sha256"]))
             continue
         chunk = manifest.get("chunk_bytes", CHUNK)
-        units += [(rel, i * chunk, min(chunk, meta["bytes"] - i * chunk), h) for i, h in enumerate(meta["sha256_chunks"])]
+        units += [
+            (rel, i * chunk, min(chunk, meta["bytes"] - i * chunk), h) for i, h in enumerate(meta["sha256_chunks"])
+        ]
     return units
 
 
@@ -206,8 +209,11 @@ def list_checkpoints(root: str) -> list[tuple[int, str]]:
     after its successor (it is resumable only while a re-save of its step is under way or was cut short)."""
     if not os.path.isdir(root):
         return []
-    found = [(int(m.group(1)), bool(m.group(2)), os.path.join(root, name))
-             for name in os.listdir(root) if (m := STEP_DIR.match(name))]
+    found = [
+        (int(m.group(1)), bool(m.group(2)), os.path.join(root, name))
+        for name in os.listdir(root)
+        if (m := STEP_DIR.match(name))
+    ]
     return [(step, path) for step, _, path in sorted(found, key=lambda f: (-f[0], f[1]))]
 
 

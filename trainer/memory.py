@@ -18,6 +18,7 @@ kernels are CPU ones: attention runs through CPU SDPA rather than flash-attn, an
 the FFT from size 256 as on CPU (a GPU uses the matmul below 4096); both change only transient bytes.
 A fake "cuda" device cannot run backward on a CPU-only torch build, hence "cpu".
 """
+
 from __future__ import annotations
 
 import re
@@ -35,12 +36,27 @@ from trainer.memtrack import PeakTracker, build, track_steps
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LLAMA_VOCAB = 32000  # the LLaMA tokenizer, which the papers' memory figures use
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 K = _MemRefType
-ROWS = (("weights", "weights (params + buffers)", (K.PARAM, K.BUFFER)), ("gradients", "gradients", (K.GRAD,)),
-        ("optimizer_state", "optimizer state + update", (K.OPT,)), ("activations", "activations", (K.ACT,)),
-        ("temporaries", "backward temporaries", (K.TEMP,)), ("inputs", "inputs (token ids)", (K.OTH,)))
+ROWS = (
+    ("weights", "weights (params + buffers)", (K.PARAM, K.BUFFER)),
+    ("gradients", "gradients", (K.GRAD,)),
+    ("optimizer_state", "optimizer state + update", (K.OPT,)),
+    ("activations", "activations", (K.ACT,)),
+    ("temporaries", "backward temporaries", (K.TEMP,)),
+    ("inputs", "inputs (token ids)", (K.OTH,)),
+)
 
 
 def parse_bytes(text: str) -> int:
@@ -81,6 +97,7 @@ def load_config(overrides: list[str]) -> Config:
     except (HydraException, OmegaConfBaseException) as e:
         raise ValueError(hydra_error_line(e)) from None
     return resolve(typed)
+
 
 def target_precision(cfg: Config) -> tuple[str, str]:
     """(resolved train.precision, the job it is estimated for): auto and cuda devices mean the GPU job."""
@@ -136,8 +153,10 @@ def estimate(overrides: list[str], steps: int = 2, real: bool = False, device: s
     cfg = load_config(overrides)
     check_world(cfg, 1)
     if cfg.train.zero_stage:
-        raise ValueError(f"train.zero_stage={cfg.train.zero_stage}: the estimator counts ZeRO-0 at world size 1 (ZeRO-1/2 "
-                         f"add flat fp32 partitions it does not model); set train.zero_stage=0")
+        raise ValueError(
+            f"train.zero_stage={cfg.train.zero_stage}: the estimator counts ZeRO-0 at world size 1 (ZeRO-1/2 "
+            f"add flat fp32 partitions it does not model); set train.zero_stage=0"
+        )
     mode, target = target_precision(cfg)
     vocab = cfg.model.vocab_size or LLAMA_VOCAB
     note = "model.vocab_size" if cfg.model.vocab_size else "model.vocab_size unset: the LLaMA tokenizer's"
@@ -146,20 +165,37 @@ def estimate(overrides: list[str], steps: int = 2, real: bool = False, device: s
         num_params = sum(p.numel() for p in job.model.parameters())
         allocator = AllocatorPeak(device)
         snap, peak_step = track_steps(job, PeakTracker())
-    by_row = {key: sum(snap.get(kind, 0) for kind in kinds) for key, _, kinds in ROWS} | {"total": snap.get(_TOTAL_KEY, 0)}
-    return MemoryEstimate(by_row, peak_step, steps, not real, mode, target, vocab, note, num_params,
-                          (cfg.train.micro_batch_size, cfg.data.seq_len), job.accumulation, list(overrides),
-                          time.perf_counter() - start, allocator.peak())
+    by_row = {key: sum(snap.get(kind, 0) for kind in kinds) for key, _, kinds in ROWS} | {
+        "total": snap.get(_TOTAL_KEY, 0)
+    }
+    return MemoryEstimate(
+        by_row,
+        peak_step,
+        steps,
+        not real,
+        mode,
+        target,
+        vocab,
+        note,
+        num_params,
+        (cfg.train.micro_batch_size, cfg.data.seq_len),
+        job.accumulation,
+        list(overrides),
+        time.perf_counter() - start,
+        allocator.peak(),
+    )
 
 
 def report(est: MemoryEstimate, budget: int | None) -> list[str]:
     kind = "fake tensors (nothing allocated)" if est.fake else "real tensors"
     micro, seq = est.micro_batch
     params = f"{est.num_params / 1e9:.2f}B" if est.num_params >= 1e9 else f"{est.num_params / 1e6:.1f}M"
-    lines = [f"memory of one training process: {est.steps} step(s) on {kind}, {params} parameters",
-             f"  vocabulary {est.vocab_size} ({est.vocab_note}); precision {est.precision}, estimated for {est.target}",
-             f"  {micro} x {seq} tokens per micro-batch, {est.accumulation} micro-batch(es) per step",
-             f"peak at step {est.peak_step}, by kind at that moment:"]
+    lines = [
+        f"memory of one training process: {est.steps} step(s) on {kind}, {params} parameters",
+        f"  vocabulary {est.vocab_size} ({est.vocab_note}); precision {est.precision}, estimated for {est.target}",
+        f"  {micro} x {seq} tokens per micro-batch, {est.accumulation} micro-batch(es) per step",
+        f"peak at step {est.peak_step}, by kind at that moment:",
+    ]
     for key, label, _ in [*ROWS, ("total", "total", ())]:
         lines.append(f"  {label:<28}{format_bytes(est.bytes[key]):>12}{est.bytes[key]:>18,d} B")
     if est.allocator_peak is not None:
@@ -167,6 +203,8 @@ def report(est: MemoryEstimate, budget: int | None) -> list[str]:
     if budget is not None:
         total = est.bytes["total"]
         verdict = "FITS" if total <= budget else "DOES NOT FIT"
-        lines.append(f"{verdict}: peak {format_bytes(total)} vs budget {format_bytes(budget)} "
-                     f"({format_bytes(abs(budget - total))} {'to spare' if total <= budget else 'over'})")
+        lines.append(
+            f"{verdict}: peak {format_bytes(total)} vs budget {format_bytes(budget)} "
+            f"({format_bytes(abs(budget - total))} {'to spare' if total <= budget else 'over'})"
+        )
     return lines

@@ -5,6 +5,7 @@ trainer/memory.py (the estimator) builds a `Job` on fake or real tensors and cou
 cross-entropy, backward of loss / accumulation, DeepSpeed ZeRO-0's gradient all-reduce at the boundary,
 the gradient norm, optimizer.step(), zero_grad(set_to_none=True), the param strategy's step hook.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -34,8 +35,10 @@ class Job:
     batches: list[list[tuple[torch.Tensor, torch.Tensor]]]  # per step: (inputs, targets) per micro-batch
     accumulation: int
     autocast: torch.dtype | None
-    marks: "Marks"
-    engine_allreduce: bool  # DeepSpeed reduces the gradients after the boundary backward (agg=mean, no step in backward)
+    marks: Marks
+    engine_allreduce: (
+        bool  # DeepSpeed reduces the gradients after the boundary backward (agg=mean, no step in backward)
+    )
 
 
 class Marks:
@@ -119,8 +122,10 @@ def build(cfg: Config, vocab_size: int, mode: str, real: bool, steps: int, devic
     accumulation = cfg.train.global_batch_size // cfg.train.micro_batch_size
     gen = torch.Generator().manual_seed(cfg.train.seed)
     shape = (cfg.train.micro_batch_size, cfg.data.seq_len + 1)
-    rows = [[torch.randint(0, vocab_size, shape, generator=gen).to(device if real else "cpu")
-             for _ in range(accumulation)] for _ in range(steps)]
+    rows = [
+        [torch.randint(0, vocab_size, shape, generator=gen).to(device if real else "cpu") for _ in range(accumulation)]
+        for _ in range(steps)
+    ]
     batches = [[(r[:, :-1], r[:, 1:]) for r in step] for step in rows]  # as trainer/data.py: views of one row block
     allreduce = AGG.build(config_name(cfg.agg), cfg.agg, ctx).uses_engine_allreduce
     allreduce = allreduce and not steps_in_backward(optimizer)

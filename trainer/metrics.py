@@ -1,4 +1,5 @@
 """Where numbers go: a JSONL file in the run directory, wandb, and the terminal."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,15 @@ from trainer.config import LogConfig
 
 def peak_memory_bytes(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
-        return {"mem/peak_allocated_bytes": torch.cuda.max_memory_allocated(device), "mem/reserved_bytes": torch.cuda.memory_reserved(device)}
+        return {
+            "mem/peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+            "mem/reserved_bytes": torch.cuda.memory_reserved(device),
+        }
     # ru_maxrss is in KiB on Linux: the peak resident set of this process.
-    return {"mem/peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "mem/rss_bytes": psutil.Process().memory_info().rss}
+    return {
+        "mem/peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "mem/rss_bytes": psutil.Process().memory_info().rss,
+    }
 
 
 def tensor_bytes(tensors) -> int:
@@ -62,8 +69,13 @@ class MetricsLog:
 
             os.environ.setdefault("WANDB_SILENT", "true")
             self.wandb = wandb.init(
-                project=cfg.wandb_project, name=run_name, id=stable_wandb_id(run_dir), resume="allow",
-                dir=run_dir, mode=cfg.wandb, config=config,
+                project=cfg.wandb_project,
+                name=run_name,
+                id=stable_wandb_id(run_dir),
+                resume="allow",
+                dir=run_dir,
+                mode=cfg.wandb,
+                config=config,
             )
         interactive = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stdout.isatty())
         if interactive:
@@ -115,8 +127,12 @@ class MetricsLog:
             perf["peak_mem"] = f"{metrics['mem/peak_bytes'] / 2**30:.2f}GiB"
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}",
-                                 tok_s=f"{metrics['train/tokens_per_s']:.0f}", **perf)
+            self.bar.set_postfix(
+                loss=f"{metrics['train/loss']:.4f}",
+                lr=f"{metrics['train/lr']:.2e}",
+                tok_s=f"{metrics['train/tokens_per_s']:.0f}",
+                **perf,
+            )
             self.bar.refresh()
         elif print_line:
             self.info(

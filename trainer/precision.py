@@ -10,6 +10,7 @@
 
 `auto` is `amp_bf16` on CUDA and `fp32` on CPU.
 """
+
 from __future__ import annotations
 
 import torch

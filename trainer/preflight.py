@@ -2,6 +2,7 @@
 vocabulary holds the tokenizer's. Each failure is a ValueError of one line naming the config key and what to
 change (train.py exits 2), instead of an OSError or a wandb traceback after the model is built.
 """
+
 from __future__ import annotations
 
 import netrc
@@ -33,8 +34,9 @@ def check_writable(value: str, key: str) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".slimtrain-probe-", dir=base))
     except OSError as e:
-        raise ValueError(f"{key}={value!r}: cannot create folders in {base} ({e.strerror or e}); "
-                         f"set {key} to a writable folder") from None
+        raise ValueError(
+            f"{key}={value!r}: cannot create folders in {base} ({e.strerror or e}); set {key} to a writable folder"
+        ) from None
 
 
 def check_folders(cfg: Config, run_dir: str) -> None:
@@ -42,8 +44,10 @@ def check_folders(cfg: Config, run_dir: str) -> None:
     ahead of time may sit on a read-only filesystem."""
     check_writable(cfg.run.out_dir, "run.out_dir")
     if os.path.exists(run_dir) and not (os.path.isdir(run_dir) and os.access(run_dir, os.W_OK)):
-        raise ValueError(f"run.name={os.path.basename(run_dir)!r}: {run_dir} is not a writable folder; "
-                         f"choose another run.name or fix that path")
+        raise ValueError(
+            f"run.name={os.path.basename(run_dir)!r}: {run_dir} is not a writable folder; "
+            f"choose another run.name or fix that path"
+        )
 
 
 def _has_netrc_key(host: str, environ) -> bool:
@@ -84,5 +88,7 @@ def check_wandb(cfg: LogConfig, environ=None) -> None:
 def check_vocab(cfg: Config, tokenizer_vocab: int) -> None:
     """An embedding smaller than the tokenizer's vocabulary would index past its end at the first batch."""
     if cfg.model.vocab_size is not None and cfg.model.vocab_size < tokenizer_vocab:
-        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is below the tokenizer's {tokenizer_vocab} tokens; "
-                         f"set model.vocab_size>={tokenizer_vocab} or leave it unset (null: the tokenizer's size)")
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is below the tokenizer's {tokenizer_vocab} tokens; "
+            f"set model.vocab_size>={tokenizer_vocab} or leave it unset (null: the tokenizer's size)"
+        )

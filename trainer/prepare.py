@@ -8,6 +8,7 @@ uses the chunks on disk and tokenizes the rest while it trains.
 On a cluster, run it once before submitting, on a filesystem the nodes share (data.cache_dir); the job's
 ranks then find the cache instead of waiting for rank 0 to build it.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,9 @@ def prepare(cfg: DataConfig) -> dict:
         tokens = (state["num_chunks"] - 1) * cfg.stream_chunk_tokens + state["last_tokens"]
         return {**out, "tokens": tokens, "tokens_path": base + ".*.bin", "tokenize_s": time.perf_counter() - start}
     corpus_data = data.prepare(cfg, True, lambda: None)
-    out.update(tokens=len(corpus_data.tokens), tokens_path=corpus_data.tokens.filename, tokenize_s=time.perf_counter() - start)
+    out.update(
+        tokens=len(corpus_data.tokens), tokens_path=corpus_data.tokens.filename, tokenize_s=time.perf_counter() - start
+    )
     return out
 
 
@@ -70,8 +73,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"prepare: {out['tokens']:,} tokens in {out['tokens_path']} (tokenizer {out['tokenizer']}); "
-          f"train.py with the same data settings starts from this cache", flush=True)
+    print(
+        f"prepare: {out['tokens']:,} tokens in {out['tokens_path']} (tokenizer {out['tokenizer']}); "
+        f"train.py with the same data settings starts from this cache",
+        flush=True,
+    )
     return 0
 
 

@@ -10,11 +10,13 @@ in Hydra's ConfigStore as the group option `param/sltrain`, so the dataclass is 
 defaults live (no YAML restates them) and `param.rank=8` is typed. The trainer only ever looks names
 up here, so adding a method never touches `trainer/` or `conf/`.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 

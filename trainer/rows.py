@@ -4,10 +4,11 @@ Read here rather than through `datasets`, so that a malformed file, a bad line o
 missing or holds a number stops with one line naming the file, the line (or row) and data.text_field,
 instead of an Arrow error that names neither.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 MAX_SHOWN = 60  # characters of an offending value quoted in an error
 
@@ -30,13 +31,16 @@ def is_array(path: str) -> bool:
 
 
 def json_rows(path: str) -> Iterator[tuple[str, object]]:
-    """(where, row) per line of a JSON Lines file (blank lines skipped), or per item of a .json file holding one array."""
+    """(where, row) per line of a JSON Lines file (blank lines skipped), or per item of a .json file holding one
+    array."""
     if is_array(path):
         try:
             with open(path, "rb") as f:
                 items = json.load(f)
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-            raise ValueError(f"data.source: {path} is not valid JSON ({e}); fix the file or remove it from data.source") from None
+            raise ValueError(
+                f"data.source: {path} is not valid JSON ({e}); fix the file or remove it from data.source"
+            ) from None
         for number, row in enumerate(items, 1):
             yield f"{path} item {number}", row
         return
@@ -47,8 +51,10 @@ def json_rows(path: str) -> Iterator[tuple[str, object]]:
             try:
                 row = json.loads(line)
             except ValueError as e:
-                raise ValueError(f"data.source: {path} line {number} is not valid JSON ({e}); "
-                                 f"fix or remove that line (each line must be one JSON object)") from None
+                raise ValueError(
+                    f"data.source: {path} line {number} is not valid JSON ({e}); "
+                    f"fix or remove that line (each line must be one JSON object)"
+                ) from None
             yield f"{path} line {number}", row
 
 
@@ -59,8 +65,9 @@ def _open_parquet(path: str):
         return pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001  (pyarrow raises ArrowInvalid, OSError, ...: all mean "not readable")
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"data.source: {path} is not a readable parquet file ({reason}); "
-                         f"fix the file or remove it from data.source") from None
+        raise ValueError(
+            f"data.source: {path} is not a readable parquet file ({reason}); fix the file or remove it from data.source"
+        ) from None
 
 
 def check_parquet(path: str, field: str):
@@ -68,8 +75,10 @@ def check_parquet(path: str, field: str):
     pf = _open_parquet(path)
     names = pf.schema_arrow.names
     if field not in names:
-        raise ValueError(f"data.text_field={field!r} is not a column of {path} (columns: {', '.join(names)}); "
-                         f"set data.text_field to the column holding the text")
+        raise ValueError(
+            f"data.text_field={field!r} is not a column of {path} (columns: {', '.join(names)}); "
+            f"set data.text_field to the column holding the text"
+        )
     return pf
 
 
@@ -85,13 +94,19 @@ def parquet_rows(path: str, field: str) -> Iterator[tuple[str, object]]:
 def row_text(row: object, field: str, where: str) -> str | None:
     """The text of one row (None when the field is null), or a one-line error naming `where` and data.text_field."""
     if not isinstance(row, dict):
-        raise ValueError(f"data.source: {where} holds {_short(row)} (type {type(row).__name__}), not an object with a "
-                         f"{field!r} key; each row must be an object such as {{{json.dumps(field)}: \"...\"}}")
+        raise ValueError(
+            f"data.source: {where} holds {_short(row)} (type {type(row).__name__}), not an object with a "
+            f'{field!r} key; each row must be an object such as {{{json.dumps(field)}: "..."}}'
+        )
     if field not in row:
-        raise ValueError(f"data.text_field={field!r} is not a key of {where} (keys: {', '.join(map(str, row)) or 'none'}); "
-                         f"set data.text_field to the key holding the text")
+        raise ValueError(
+            f"data.text_field={field!r} is not a key of {where} (keys: {', '.join(map(str, row)) or 'none'}); "
+            f"set data.text_field to the key holding the text"
+        )
     text = row[field]
     if text is not None and not isinstance(text, str):
-        raise ValueError(f"data.text_field={field!r} of {where} holds {_short(text)} (type {type(text).__name__}), not text; "
-                         f"fix that row, or set data.text_field to a key that holds text")
+        raise ValueError(
+            f"data.text_field={field!r} of {where} holds {_short(text)} (type {type(text).__name__}), not text; "
+            f"fix that row, or set data.text_field to a key that holds text"
+        )
     return text

@@ -17,6 +17,7 @@ and starting over must not cost the earlier run. Kept inside runs/NAME rather th
 runs/ listing shows runs, not leftovers, and deleting runs/NAME deletes all of it. Each previous-* folder is
 itself a run directory: `train.resume=runs/NAME/previous-.../checkpoints/step_N` continues it.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,11 @@ def earlier_files(run_dir: str, resume_from: str | None, resume: str) -> tuple[l
         newer = [path for s, path in manifest.list_checkpoints(root) if s > step]
         return newer, f"this run resumes step {step}; the newer ones are not part of it"
     names = [n for n in sorted(os.listdir(run_dir)) if not (n.startswith(LOCK) or n.startswith(PREVIOUS))]
-    paths = [os.path.join(run_dir, n) for n in names if resume_from is None or not _inside(resume_from, os.path.join(run_dir, n))]
+    paths = [
+        os.path.join(run_dir, n)
+        for n in names
+        if resume_from is None or not _inside(resume_from, os.path.join(run_dir, n))
+    ]
     if set(names) <= REWRITTEN:
         return [], ""
     if resume_from is not None:
@@ -97,8 +102,12 @@ def claim(run_dir: str, cfg: Config, rank: int, world_size: int, log=print) -> s
     fresh run), with the run directory cleared of every earlier run's files (moved aside, see above)."""
     warn = log if rank == 0 else (lambda message: None)
     mode = cfg.train.verify_checkpoint
-    found = checkpoint.find_resume(os.path.join(run_dir, CHECKPOINTS), cfg.train.resume, warn,
-                                   lambda path: checkpoint.verify_shared(path, mode, rank, world_size))
+    found = checkpoint.find_resume(
+        os.path.join(run_dir, CHECKPOINTS),
+        cfg.train.resume,
+        warn,
+        lambda path: checkpoint.verify_shared(path, mode, rank, world_size),
+    )
     found = dist.broadcast_object(found)  # rank 0's answer, should a rank have seen another folder listing
     if rank == 0:
         paths, why = earlier_files(run_dir, found, cfg.train.resume)

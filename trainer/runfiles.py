@@ -10,6 +10,7 @@ read these copies instead. A resume whose model shape or strategies differ from 
 before any file is written (check_resume, called in train.py before the run directory is touched); the
 resume then trains with the checkpoint's own tokenizer (trainer/rundir.py, once it has been verified).
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,7 +27,13 @@ from trainer.registry import config_name
 
 TOKENIZER = "tokenizer.model"
 CONFIG = "config.yaml"
-COMPARED = ("model.size", "param.name", "optim.name", "agg.name", "param")  # what a checkpoint's weights and state depend on
+COMPARED = (
+    "model.size",
+    "param.name",
+    "optim.name",
+    "agg.name",
+    "param",
+)  # what a checkpoint's weights and state depend on
 
 
 def _copy_atomic(src: str, dst: str) -> None:
@@ -128,12 +135,16 @@ def check_resume(run_dir: str, cfg: Config) -> None:
         diffs.append(("model.vocab_size", saved["model"]["vocab_size"], cfg.model.vocab_size))
     if diffs:
         key, was, now = diffs[0]
-        raise ValueError(f"{ckpt} was trained with {key}={was}, this run has {key}={now}; set {key}={was} to resume it, "
-                         f"or start a new run (another run.name, or train.resume=never)")
+        raise ValueError(
+            f"{ckpt} was trained with {key}={was}, this run has {key}={now}; set {key}={was} to resume it, "
+            f"or start a new run (another run.name, or train.resume=never)"
+        )
     own = os.path.join(ckpt, TOKENIZER)
     if not os.path.isfile(own):
         return
     given = os.path.expanduser(cfg.data.tokenizer) if cfg.data.tokenizer else None
     if given and os.path.isfile(given) and not filecmp.cmp(given, own, shallow=False):
-        raise ValueError(f"data.tokenizer={cfg.data.tokenizer!r} is not the tokenizer {ckpt} was trained with; "
-                         f"drop data.tokenizer to resume with the checkpoint's own, or start a new run")
+        raise ValueError(
+            f"data.tokenizer={cfg.data.tokenizer!r} is not the tokenizer {ckpt} was trained with; "
+            f"drop data.tokenizer to resume with the checkpoint's own, or start a new run"
+        )

@@ -4,6 +4,7 @@ Hydra refuses `train.setps=5` itself, but `+train.setps=5` (the fix Hydra's own 
 `++x.y=1` add the key through an open struct flag, and OmegaConf.to_object then drops it or keeps it
 silently. `check_keys` walks the composed config and refuses every key that no dataclass declares.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ def init_fields(cls) -> list[str]:
 
 def unknown_keys_message(prefix: str, unknown: list[str], valid: list[str], where: str = "") -> str:
     """'unknown key train.setps (did you mean train.steps?); valid keys of train: ...' as one line."""
+
     def dotted(key: str) -> str:
         return f"{prefix}.{key}" if prefix else key
 

@@ -10,6 +10,7 @@ the script. Two files say it instead (announce_preempted):
 - where SLIMTRAIN_STOP_MARKER names a file, every process that stopped early appends to it
   (slurm/train.sbatch sets it, since it cannot know the run directory, and requeues when it appears).
 """
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,10 @@ def announce_preempted(run_dir: str, is_main: bool, step: int) -> None:
     write_stop_marker(f"exit {EXIT_PREEMPTED} step={step}")
     if is_main:
         with open(os.path.join(run_dir, REQUEUE_FILE), "w") as f:
-            f.write(f"stopped early at step {step} with a checkpoint (exit code {EXIT_PREEMPTED}); "
-                    f"run the same command again to resume\n")
+            f.write(
+                f"stopped early at step {step} with a checkpoint (exit code {EXIT_PREEMPTED}); "
+                f"run the same command again to resume\n"
+            )
 
 
 def clear_preempted(run_dir: str) -> None:

@@ -23,6 +23,7 @@ dataclass may refuse a run at start-up (trainer/validate.py calls each where it 
 combinations with other settings, `check_world(world_size)` for the number of processes, and
 `needs_zero_stage_0()` returning a `NeedsZeroStage0` (or None) for what ZeRO-1/2 would break.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

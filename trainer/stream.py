@@ -14,6 +14,7 @@ rank waits for the chunks of a whole step on the files (never in a collective). 
 samples wrap around. A restarted run reuses the chunks on disk; its producer re-reads (and re-tokenizes)
 the stream from the start to find where to continue, writing only the chunks that are missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,9 @@ def _write_state(base: str, state: dict) -> None:
     os.replace(tmp, base + ".json")
 
 
-def produce(cfg: DataConfig, tok_path: str, base: str, workers: int, stop: threading.Event | None = None, log=print) -> None:
+def produce(
+    cfg: DataConfig, tok_path: str, base: str, workers: int, stop: threading.Event | None = None, log=print
+) -> None:
     """Tokenize the stream into chunk files, skipping chunks already on disk, until it ends (or `stop`)."""
     import sentencepiece as spm
 
@@ -64,7 +67,9 @@ def produce(cfg: DataConfig, tok_path: str, base: str, workers: int, stop: threa
         return
     size, have, k = cfg.stream_chunk_tokens, state["num_chunks"], 0
     parts, buffered = [], 0
-    progress = tokenizing.Progress(f"data: streaming {cfg.source} into {size:,}-token chunks", None, 0, base + ".progress", log)
+    progress = tokenizing.Progress(
+        f"data: streaming {cfg.source} into {size:,}-token chunks", None, 0, base + ".progress", log
+    )
     units = tokenizing.document_batches(cfg, min(tokenizing.BATCH_CHARS, 4 * size))
     for tokens, num_bytes in tokenizing._results(units, max(1, workers), tok_path, dtype, pool=True):
         parts.append(tokens)
@@ -72,7 +77,9 @@ def produce(cfg: DataConfig, tok_path: str, base: str, workers: int, stop: threa
         while buffered >= size:
             flat = np.concatenate(parts)
             if k >= have:
-                _write_chunk(base, k, flat[:size], {"dtype": dtype, "num_chunks": k + 1, "last_tokens": size, "done": False})
+                _write_chunk(
+                    base, k, flat[:size], {"dtype": dtype, "num_chunks": k + 1, "last_tokens": size, "done": False}
+                )
             parts, buffered, k = [flat[size:]], buffered - size, k + 1
         progress.update(num_bytes, len(tokens))
         if stop is not None and stop.is_set():
@@ -119,14 +126,25 @@ class Producer(threading.Thread):
 class StreamCorpus:
     """The Corpus interface (trainer/data.py) over chunk files that may still be being written."""
 
-    def __init__(self, base: str, seq_len: int, chunk_tokens: int, val_fraction: float, vocab_size: int,
-                 tokenizer_path: str, producer: Producer | None = None, log=print):
+    def __init__(
+        self,
+        base: str,
+        seq_len: int,
+        chunk_tokens: int,
+        val_fraction: float,
+        vocab_size: int,
+        tokenizer_path: str,
+        producer: Producer | None = None,
+        log=print,
+    ):
         self.base, self.seq_len, self.chunk_tokens = base, seq_len, chunk_tokens
         self.vocab_size, self.tokenizer_path, self.producer, self.log = vocab_size, tokenizer_path, producer, log
         self.seqs_per_chunk = (chunk_tokens - 1) // seq_len
         self.num_val = max(1, int(self.seqs_per_chunk * val_fraction))
         if self.seqs_per_chunk - self.num_val < 1:
-            raise ValueError(f"data.stream_chunk_tokens={chunk_tokens} is too small for data.seq_len={seq_len}; raise it")
+            raise ValueError(
+                f"data.stream_chunk_tokens={chunk_tokens} is too small for data.seq_len={seq_len}; raise it"
+            )
         self.state, self.start = read_state(base), time.time()
         self._open: dict[int, np.ndarray] = {}
         self._perm: tuple = (None, None)
@@ -158,13 +176,19 @@ class StreamCorpus:
 
     def _locate(self, sample: int) -> tuple[int, int]:
         first = self.seqs_per_chunk - self.num_val
-        return (0, sample) if sample < first else (1 + (sample - first) // self.seqs_per_chunk, (sample - first) % self.seqs_per_chunk)
+        return (
+            (0, sample)
+            if sample < first
+            else (1 + (sample - first) // self.seqs_per_chunk, (sample - first) % self.seqs_per_chunk)
+        )
 
     def _total_train(self) -> int:
         total = sum(self._train_seqs(k) or 0 for k in range(self.state["num_chunks"]))
         if total < 1:
-            raise ValueError(f"the stream {self.base} ended after {self.state['last_tokens']} tokens: too few for "
-                             f"data.seq_len={self.seq_len}; use a larger source or data.max_tokens")
+            raise ValueError(
+                f"the stream {self.base} ended after {self.state['last_tokens']} tokens: too few for "
+                f"data.seq_len={self.seq_len}; use a larger source or data.max_tokens"
+            )
         return total
 
     # --- the Corpus interface --------------------------------------------------------------------------
@@ -204,8 +228,11 @@ def open_stream(cfg: DataConfig, tok_path: str, tokens_prefix: str, vocab_size: 
     if is_main and not read_state(base)["done"]:
         if os.path.exists(base + ".failed"):
             os.remove(base + ".failed")
-        print(f"data: tokenizing the stream {cfg.source} in chunks of {cfg.stream_chunk_tokens:,} tokens while training "
-              f"(into {base}.*)", flush=True)
+        print(
+            f"data: tokenizing the stream {cfg.source} in chunks of {cfg.stream_chunk_tokens:,} tokens while training "
+            f"(into {base}.*)",
+            flush=True,
+        )
         producer = Producer(cfg, tok_path, base, cfg.num_workers or os.cpu_count() or 1)
         producer.start()
     data = StreamCorpus(base, cfg.seq_len, cfg.stream_chunk_tokens, cfg.val_fraction, vocab_size, tok_path, producer)

@@ -14,6 +14,7 @@ param strategy: MFU measures useful model work, so a method that does extra or l
 MFU = tokens/s x FLOPs per token / (processes x the accelerator's dense bf16 peak). The peak comes from
 PEAK_BF16_TFLOPS by GPU name, or `train.peak_tflops`; on a CPU there is none unless that is set.
 """
+
 from __future__ import annotations
 
 import resource
@@ -22,8 +23,19 @@ import torch
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s. Longest match wins,
 # so "H100 PCIe" is not read as "H100".
-PEAK_BF16_TFLOPS = {"B200": 2250.0, "H200": 989.0, "GH200": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
-                    "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L4": 121.0, "MI300X": 1307.0}
+PEAK_BF16_TFLOPS = {
+    "B200": 2250.0,
+    "H200": 989.0,
+    "GH200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "MI300X": 1307.0,
+}
 
 
 def peak_tflops(device_name: str | None) -> float | None:
@@ -53,8 +65,14 @@ def peak_memory_bytes(device: torch.device) -> int:
 class ThroughputMeter:
     """Called with each step's metrics; returns MFU (when a peak is known) and peak memory to add to them."""
 
-    def __init__(self, model: torch.nn.Module, seq_len: int, world_size: int, device: torch.device,
-                 peak_tflops_override: float = 0.0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        seq_len: int,
+        world_size: int,
+        device: torch.device,
+        peak_tflops_override: float = 0.0,
+    ):
         shape = getattr(model, "shape", None)
         self.flops_per_token = flops_per_token(shape, model.vocab_size, seq_len) if shape is not None else None
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else None

@@ -13,6 +13,7 @@ the cache entry, renamed into place when complete, and removed on any failure. E
 distinct word once (trainer/word_encode.py): sentencepiece's ids, for 1.5x (text that does not repeat) to
 3x (benchmarks/prepare_speed.py's repeated text) less CPU per token.
 """
+
 from __future__ import annotations
 
 import collections
@@ -110,8 +111,12 @@ def work_units(cfg: DataConfig, workers: int):
         files = corpus.local_files(cfg.source)
         total = sum(os.path.getsize(f) for f in files)
     unit = lambda cap: cap if total is None else int(min(cap, max(1 << 16, total / (4 * workers))))  # noqa: E731
-    if total is not None and cfg.source != "builtin" and cfg.text_documents == "blank_line" and \
-            corpus.LOCAL_FORMATS[Path(files[0]).suffix] == "text":
+    if (
+        total is not None
+        and cfg.source != "builtin"
+        and cfg.text_documents == "blank_line"
+        and corpus.LOCAL_FORMATS[Path(files[0]).suffix] == "text"
+    ):
         return text_ranges(files, unit(RANGE_BYTES)), total
     return document_batches(cfg, unit(BATCH_CHARS)), total
 
@@ -161,8 +166,10 @@ class Progress:
             fraction = self.bytes / self.total_bytes
         eta = "" if final or not fraction else f", ETA {_duration(elapsed * (1 - fraction) / max(fraction, 1e-9))}"
         pct = f" ({100 * min(fraction, 1.0):.0f}%)" if fraction else ""
-        return f"{self.label}: {' '.join(done)}{pct}, {self.tokens / 1e6:,.2f} M tokens, {rate / 1e6:.2f} M tokens/s{eta}" + (
-            f", done in {_duration(elapsed)}" if final else "")
+        return (
+            f"{self.label}: {' '.join(done)}{pct}, {self.tokens / 1e6:,.2f} M tokens, {rate / 1e6:.2f} M tokens/s{eta}"
+            + (f", done in {_duration(elapsed)}" if final else "")
+        )
 
     def report(self, elapsed: float, final: bool) -> None:
         text = self.line(elapsed, final)
@@ -175,7 +182,9 @@ class Progress:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 # --- the cache entry -----------------------------------------------------------------------------------
@@ -212,8 +221,13 @@ def write_tokens(cfg: DataConfig, sp_path: str, path: str, workers: int, log=pri
     sp = spm.SentencePieceProcessor(model_file=sp_path)
     dtype = "uint16" if sp.vocab_size() < 2**16 else "uint32"
     units, total = work_units(cfg, workers)
-    progress = Progress(f"data: tokenizing {cfg.source} ({workers} process{'es' if workers > 1 else ''})", total,
-                        cfg.max_tokens, path + ".progress", log)
+    progress = Progress(
+        f"data: tokenizing {cfg.source} ({workers} process{'es' if workers > 1 else ''})",
+        total,
+        cfg.max_tokens,
+        path + ".progress",
+        log,
+    )
     tmp, num_tokens = temp_path(path), 0
     try:
         with open(tmp, "wb") as out:
@@ -235,8 +249,10 @@ def write_tokens(cfg: DataConfig, sp_path: str, path: str, workers: int, log=pri
         if e.errno != errno.ENOSPC:
             raise
         free = shutil.disk_usage(os.path.dirname(path)).free
-        raise ValueError(f"data.cache_dir={cfg.cache_dir!r}: disk full after {num_tokens:,} tokens ({free / 1e9:.1f} GB free); "
-                         f"free space there or point data.cache_dir at a larger disk") from None
+        raise ValueError(
+            f"data.cache_dir={cfg.cache_dir!r}: disk full after {num_tokens:,} tokens ({free / 1e9:.1f} GB free); "
+            f"free space there or point data.cache_dir at a larger disk"
+        ) from None
     finally:
         for leftover in (tmp, tmp + ".json", path + ".progress"):
             if os.path.exists(leftover):

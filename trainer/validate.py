@@ -10,6 +10,7 @@ and the logger. The strategies take part through their config dataclasses (train
 config is read, also for the tools that never reach `validate` (the memory estimator, which models one process
 and so skips the world-size checks but the batch layout's).
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,10 @@ def check_strategies(cfg: Config) -> None:
 
 def zero_stage_refusal(need: NeedsZeroStage0, zero_stage: int) -> str:
     """The one form of every "needs train.zero_stage=0" refusal."""
-    return (f"{need.setting} needs {need.what}, but train.zero_stage={zero_stage} {need.why}; "
-            f"use train.zero_stage=0{need.fix}")
+    return (
+        f"{need.setting} needs {need.what}, but train.zero_stage={zero_stage} {need.why}; "
+        f"use train.zero_stage=0{need.fix}"
+    )
 
 
 def check_workers(cfg: Config, world_size: int) -> None:

@@ -7,12 +7,14 @@ space, plus a dummy "▁" in front) and merges two adjacent symbols only when th
 If every piece has the form ▁*x with no ▁ in x (what the trainer's split_by_whitespace makes; checked on the
 model), no merge ever joins a non-space character to a space after it. So the text cut before every space
 that follows a non-space is encoded, cut by cut, into the same ids as the whole: a "word" is one such cut,
-a run of spaces and the text up to the next space (a literal ▁ in the text counts as a space). Each word starts with a space (the document's first
+a run of spaces and the text up to the next space (a literal ▁ in the text counts as a space). Each word starts with
+a space (the document's first
 with the dummy prefix's) and is encoded by a copy of the model that adds no dummy prefix of its own.
 This needs the cut to see the characters the whole text sees, so it is used only for models without
 normalization or removal of whitespace, without user-defined or unused pieces, and with "▁" a piece (so an
 unknown character never meets a cut); other models (a user's nmt_nfkc model, unigram) are encoded whole.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,10 +38,17 @@ def splits_at_spaces(model: model_pb2.ModelProto) -> bool:
     """Whether the model's ids for a text are its ids for the text's words, one word at a time."""
     norm, spec = model.normalizer_spec, model.trainer_spec
     normal = [p.piece for p in model.pieces if p.type == _P.NORMAL]
-    return (spec.model_type == _T.BPE and not norm.precompiled_charsmap and norm.add_dummy_prefix
-            and not norm.remove_extra_whitespaces and norm.escape_whitespaces and not spec.treat_whitespace_as_suffix
-            and all(p.type in (_P.NORMAL, _P.UNKNOWN, _P.CONTROL, _P.BYTE) for p in model.pieces)
-            and SPACE in normal and all(PIECE_FORM.fullmatch(p) for p in normal))
+    return (
+        spec.model_type == _T.BPE
+        and not norm.precompiled_charsmap
+        and norm.add_dummy_prefix
+        and not norm.remove_extra_whitespaces
+        and norm.escape_whitespaces
+        and not spec.treat_whitespace_as_suffix
+        and all(p.type in (_P.NORMAL, _P.UNKNOWN, _P.CONTROL, _P.BYTE) for p in model.pieces)
+        and SPACE in normal
+        and all(PIECE_FORM.fullmatch(p) for p in normal)
+    )
 
 
 def words(docs: list[str]) -> list[str | None]:
@@ -105,8 +114,12 @@ class DocumentEncoder:
         if new:
             lengths = np.fromiter(map(len, new), dtype=np.int64, count=len(new))
             self.lengths = np.concatenate([self.lengths, lengths])
-            self.table = np.concatenate([self.table, np.fromiter(itertools.chain.from_iterable(new), dtype=self.dtype,
-                                                                 count=int(lengths.sum()))])
+            self.table = np.concatenate(
+                [
+                    self.table,
+                    np.fromiter(itertools.chain.from_iterable(new), dtype=self.dtype, count=int(lengths.sum())),
+                ]
+            )
         return self.table[_gather_positions(self.lengths, rows)]
 
 

@@ -18,6 +18,7 @@ count) with the slice's own count k, in exactly torch's single-tensor AdamW arit
 
 Cost: a copy of the reset parameters' slices per step; no per-element tensor for the whole partition.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,10 @@ def partition_slices(zero_opt, params: list[nn.Parameter]):
 def _check_adam(optimizer: torch.optim.Optimizer) -> None:
     group = optimizer.param_groups[0]
     if not isinstance(optimizer, torch.optim.Adam) or group.get("amsgrad") or group.get("maximize"):
-        raise ValueError("resetting optimizer state at train.zero_stage=1/2 needs optim=adamw (torch AdamW without "
-                         "amsgrad); use train.zero_stage=0 for this optimizer")
+        raise ValueError(
+            "resetting optimizer state at train.zero_stage=1/2 needs optim=adamw (torch AdamW without "
+            "amsgrad); use train.zero_stage=0 for this optimizer"
+        )
 
 
 class ZeroResetSteps:
@@ -83,8 +86,10 @@ class ZeroResetSteps:
 
     def _ensure_hooks(self) -> None:
         if self.hooks is None:
-            self.hooks = (self.optimizer.register_step_pre_hook(self._before_step),
-                          self.optimizer.register_step_post_hook(self._after_step))
+            self.hooks = (
+                self.optimizer.register_step_pre_hook(self._before_step),
+                self.optimizer.register_step_post_hook(self._after_step),
+            )
 
     def _slices_in_step(self):
         """The reset slices in the partitions this client step updates (DeepSpeed steps one group at a time)."""
@@ -112,7 +117,7 @@ class ZeroResetSteps:
             p.copy_(self.saved[(id(fp32), lo, hi)])
             if wd != 0 and decoupled:
                 p.mul_(1 - lr * wd)
-            bias_correction2_sqrt = (1 - beta2 ** k) ** 0.5
+            bias_correction2_sqrt = (1 - beta2**k) ** 0.5
             denom = (state["exp_avg_sq"][lo:hi].sqrt() / bias_correction2_sqrt).add_(eps)
-            p.addcdiv_(state["exp_avg"][lo:hi], denom, value=-(lr / (1 - beta1 ** k)))
+            p.addcdiv_(state["exp_avg"][lo:hi], denom, value=-(lr / (1 - beta1**k)))
         self.saved = {}

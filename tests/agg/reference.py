@@ -1,11 +1,19 @@
 """Slow, obviously-correct dense versions of the aggregators: the test oracles (n x p matrices, float64)."""
+
 import math
 
 import torch
 
 
-def flag_svd(g: torch.Tensor, m: int = 0, lam: float = 0.0, iterations: int = 5, tol: float = 1e-10,
-             normalized: bool = True, seed: int = 0) -> torch.Tensor:
+def flag_svd(
+    g: torch.Tensor,
+    m: int = 0,
+    lam: float = 0.0,
+    iterations: int = 5,
+    tol: float = 1e-10,
+    normalized: bool = True,
+    seed: int = 0,
+) -> torch.Tensor:
     """Explicit IRLS on the n x p matrix of gradients g (columns = workers), with thin SVDs of n x q matrices.
     Defaults as FlagConfig's: normalized, m = 0 meaning 1 (normalized) or ceil((p + 1) / 2) (raw)."""
     n, p = g.shape
@@ -55,7 +63,7 @@ def median(g: torch.Tensor) -> torch.Tensor:
 
 
 def trimmed_mean(g: torch.Tensor, b: int) -> torch.Tensor:
-    return torch.tensor([sum(sorted(row)[b:len(row) - b]) / (len(row) - 2 * b) for row in g.tolist()], dtype=g.dtype)
+    return torch.tensor([sum(sorted(row)[b : len(row) - b]) / (len(row) - 2 * b) for row in g.tolist()], dtype=g.dtype)
 
 
 def multi_krum(g: torch.Tensor, f: int, selected: int = 0) -> torch.Tensor:
@@ -63,6 +71,6 @@ def multi_krum(g: torch.Tensor, f: int, selected: int = 0) -> torch.Tensor:
     scores = []
     for i in range(p):
         d = sorted(float((g[:, i] - g[:, j]).square().sum()) for j in range(p) if j != i)
-        scores.append(sum(d[:max(1, p - f - 2)]))
-    chosen = sorted(range(p), key=lambda i: scores[i])[:selected or p - f]
+        scores.append(sum(d[: max(1, p - f - 2)]))
+    chosen = sorted(range(p), key=lambda i: scores[i])[: selected or p - f]
     return g[:, chosen].mean(dim=1)

@@ -1,14 +1,14 @@
 """Every aggregator across 4 gloo processes: the sharded collective form equals the all-gather reference,
 both equal the dense oracle of tests/agg/reference.py, NaN workers are dropped, and bytes are as counted."""
+
 import pytest
 import torch
 
+import agg  # noqa: F401  (registers the strategies)
 from tests.agg import reference
 from tests.helpers import run_distributed
 from trainer.registry import AGG
 from trainer.strategy import BuildContext
-
-import agg  # noqa: F401  (registers the strategies)
 
 SHAPES = [(13, 7), (5,), (33,), (4, 2, 3)]  # 153 coordinates: with bucket_numel=50, 4 buckets, padded shards
 P = 4
@@ -67,7 +67,12 @@ def check_case(rank, world_size, nan_rank):
                 assert metrics["agg/bytes_sent"] == (world_size - 1) * g_dense.shape[0] * 4
         expected = oracle(g_dense[:, good])
         for mode, out in outs.items():
-            assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5), (name, overrides, mode, (out - expected).abs().max())
+            assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5), (
+                name,
+                overrides,
+                mode,
+                (out - expected).abs().max(),
+            )
         if len(outs) == 2:
             assert torch.allclose(outs["sharded"], outs["allgather"], rtol=1e-5, atol=1e-6), (name, overrides)
 

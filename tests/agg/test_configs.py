@@ -1,12 +1,12 @@
 """Every registered aggregator composes into its typed config; bad values are one-line errors."""
+
 import pytest
 
-from agg.multi_krum import MultiKrumConfig
-from tests.helpers import ROOT, compose
-from trainer.validate import check_workers
-from trainer.registry import AGG
-
 import train
+from agg.multi_krum import MultiKrumConfig
+from tests.helpers import compose
+from trainer.registry import AGG
+from trainer.validate import check_workers
 
 NAMES = AGG.names()
 
@@ -17,10 +17,13 @@ def test_yaml_composes(name, tmp_path):
     assert cfg.agg.name == name
 
 
-@pytest.mark.parametrize("override, message", [
-    ("agg.mode=ring", r"agg.mode: 'ring' is not one of sharded, allgather"),
-    ("agg.bucket_numel=0", r"agg.bucket_numel: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("agg.mode=ring", r"agg.mode: 'ring' is not one of sharded, allgather"),
+        ("agg.bucket_numel=0", r"agg.bucket_numel: must be at least 1"),
+    ],
+)
 def test_bad_values(override, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train.load_config(compose(["agg=flag", override, f"run.out_dir={tmp_path}"]))
@@ -32,22 +35,28 @@ def test_robust_aggs_refuse_zero_stage_above_0(name, tmp_path):
         train.load_config(compose([f"agg={name}", "train.zero_stage=2", f"run.out_dir={tmp_path}"]))
 
 
-@pytest.mark.parametrize("overrides, enough", [
-    (["agg=flag"], 2),
-    (["agg=median"], 3),
-    (["agg=trimmed_mean"], 3),  # num_trim=1: one value off each end, one kept
-    (["agg=trimmed_mean", "agg.num_trim=2"], 5),
-    (["agg=multi_krum"], 4),  # f=1: p - f - 2 >= 1 neighbour
-    (["agg=multi_krum", "agg.num_byzantine=2"], 5),
-    (["agg=multi_krum", "agg.num_selected=6"], 6),
-])
+@pytest.mark.parametrize(
+    "overrides, enough",
+    [
+        (["agg=flag"], 2),
+        (["agg=median"], 3),
+        (["agg=trimmed_mean"], 3),  # num_trim=1: one value off each end, one kept
+        (["agg=trimmed_mean", "agg.num_trim=2"], 5),
+        (["agg=multi_krum"], 4),  # f=1: p - f - 2 >= 1 neighbour
+        (["agg=multi_krum", "agg.num_byzantine=2"], 5),
+        (["agg=multi_krum", "agg.num_selected=6"], 6),
+    ],
+)
 def test_robust_aggs_refuse_too_few_workers(overrides, enough, tmp_path):
     """One line at start-up (train.py's check_workers), instead of a silent plain mean of what is there."""
     cfg = train.load_config(compose([*overrides, f"run.out_dir={tmp_path}"]))
     check_workers(cfg, enough)
     for world_size in range(1, enough):
-        with pytest.raises(ValueError, match=rf"^agg={cfg.agg.name} needs at least {enough} workers \(.*\), this run has "
-                                             rf"{world_size}; run {enough} or more processes .* or use agg=mean$"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^agg={cfg.agg.name} needs at least {enough} workers \(.*\), this run has "
+            rf"{world_size}; run {enough} or more processes .* or use agg=mean$",
+        ):
             check_workers(cfg, world_size)
 
 

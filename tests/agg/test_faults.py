@@ -1,13 +1,14 @@
 """Fault injection: each attack's vector, the engine all-reduce forced off, bad input, and end to end."""
+
 import math
 
 import pytest
 import torch
 
+from agg.faults import FaultInjector
 from agg.mean import MeanAggregator, MeanConfig
 from tests.helpers import metrics, run_distributed, run_train
 from trainer.config import FaultsConfig
-from agg.faults import FaultInjector
 from trainer.strategy import Aggregator, BuildContext
 
 P = 4
@@ -30,8 +31,12 @@ def local_grads(rank):
 def expected_vector(attack, honest_flat, own_flat):
     """The attack's vector by its definition (METHODS.md 5), from the flattened gradients."""
     mu, sigma = honest_flat.mean(dim=0), honest_flat.std(dim=0)
-    return {"sign_flip": -10 * own_flat, "alie": mu - 0.21 * sigma, "fall_of_empires": -0.1 * mu,
-            "zero": torch.zeros_like(own_flat)}[attack]
+    return {
+        "sign_flip": -10 * own_flat,
+        "alie": mu - 0.21 * sigma,
+        "fall_of_empires": -0.1 * mu,
+        "zero": torch.zeros_like(own_flat),
+    }[attack]
 
 
 def check_attacks(rank, world_size):
@@ -55,7 +60,9 @@ def check_attacks(rank, world_size):
             assert torch.allclose(seen, expected_vector(attack, honest, flat[rank]), atol=1e-6), attack
         if attack in ("gaussian", "uniform_random") and rank == BYZANTINE:  # a resumed run draws the same noise
             again = Recorder()
-            FaultInjector(again, FaultsConfig(byzantine_ranks=[BYZANTINE], attack=attack, scale=0.5), ctx).aggregate(local_grads(rank), step=7)
+            FaultInjector(again, FaultsConfig(byzantine_ranks=[BYZANTINE], attack=attack, scale=0.5), ctx).aggregate(
+                local_grads(rank), step=7
+            )
             assert torch.equal(torch.cat([g.reshape(-1) for g in again.seen]), seen)
 
 
@@ -71,10 +78,13 @@ def test_engine_allreduce_is_forced_off_even_for_mean():
     assert FaultInjector(mean, FaultsConfig(byzantine_ranks=[0]), ctx).uses_engine_allreduce is False
 
 
-@pytest.mark.parametrize("ranks, message", [
-    ([4], r"faults.byzantine_ranks=\[4\] names a rank outside 0..3"),
-    ([0, 1, 2, 3], r"leaves no honest worker among 4"),
-])
+@pytest.mark.parametrize(
+    "ranks, message",
+    [
+        ([4], r"faults.byzantine_ranks=\[4\] names a rank outside 0..3"),
+        ([0, 1, 2, 3], r"leaves no honest worker among 4"),
+    ],
+)
 def test_bad_ranks(ranks, message):
     with pytest.raises(ValueError, match=message):
         FaultInjector(Recorder(), FaultsConfig(byzantine_ranks=ranks), BuildContext("debug", world_size=4))

@@ -1,11 +1,10 @@
 """Flag: the Gram-only IRLS equals an explicit SVD-based IRLS; the robust defaults and the m rule; fault
 handling; exact resume with agg=flag."""
-import math
 
 import pytest
 import torch
 
-from agg.flag import FlagAggregator, FlagConfig, flag_coefficients, flag_dimension
+from agg.flag import FlagAggregator, FlagConfig, flag_dimension
 from tests.agg.reference import flag_svd
 from tests.helpers import compose, losses_by_step, metrics, run_train
 from trainer.strategy import BuildContext
@@ -14,7 +13,9 @@ from trainer.strategy import BuildContext
 def workers(n=400, p=7, seed=0, byzantine=(2,)):
     """(n, p) float64: correlated honest gradients, the listed columns sign-flipped x -10."""
     gen = torch.Generator().manual_seed(seed)
-    g = torch.randn(n, p, generator=gen, dtype=torch.float64) + 2 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    g = torch.randn(n, p, generator=gen, dtype=torch.float64) + 2 * torch.randn(
+        n, 1, generator=gen, dtype=torch.float64
+    )
     for b in byzantine:
         g[:, b] *= -10
     return g
@@ -84,10 +85,13 @@ def attacked(kind: str, p: int = 8, bad=(1, 2)) -> torch.Tensor:
     gen = torch.Generator().manual_seed(5)
     honest = g[:, [i for i in range(p) if i not in bad]]
     for b in bad:
-        g[:, b] = {"sign_flip": -10 * g[:, b], "gaussian": 50 * torch.randn(2000, generator=gen, dtype=torch.float64),
-                   "zero": torch.zeros(2000, dtype=torch.float64),
-                   "alie": honest.mean(dim=1) - 0.21 * honest.std(dim=1),
-                   "fall_of_empires": -0.1 * honest.mean(dim=1)}[kind]
+        g[:, b] = {
+            "sign_flip": -10 * g[:, b],
+            "gaussian": 50 * torch.randn(2000, generator=gen, dtype=torch.float64),
+            "zero": torch.zeros(2000, dtype=torch.float64),
+            "alie": honest.mean(dim=1) - 0.21 * honest.std(dim=1),
+            "fall_of_empires": -0.1 * honest.mean(dim=1),
+        }[kind]
     return g
 
 

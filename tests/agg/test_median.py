@@ -1,4 +1,5 @@
 """Coordinate-wise median: hand-computed cases, the dense oracle, NaN workers dropped."""
+
 import pytest
 import torch
 

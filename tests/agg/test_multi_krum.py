@@ -1,4 +1,5 @@
 """Multi-Krum from the Gram matrix: hand-computed cases, the dense oracle, NaN workers dropped."""
+
 import pytest
 import torch
 

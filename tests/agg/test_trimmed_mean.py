@@ -1,4 +1,5 @@
 """Coordinate-wise trimmed mean: hand-computed cases, the dense oracle, NaN workers dropped, bad config."""
+
 import pytest
 import torch
 
@@ -8,13 +9,16 @@ from trainer.strategy import BuildContext
 
 
 def trimmed(p, num_trim=1):
-    return TrimmedMeanAggregator(TrimmedMeanConfig(mode="allgather", num_trim=num_trim), BuildContext("debug", world_size=p))
+    return TrimmedMeanAggregator(
+        TrimmedMeanConfig(mode="allgather", num_trim=num_trim), BuildContext("debug", world_size=p)
+    )
 
 
 def test_hand_computed():
     rows = torch.tensor([[1.0, 10.0], [2.0, -50.0], [4.0, 20.0], [100.0, 30.0], [3.0, 40.0]])  # 5 workers
     out, metrics = trimmed(5).aggregate_matrix(rows)
-    # coordinate 0: sorted 1, 2, 3, 4, 100 -> mean(2, 3, 4) = 3; coordinate 1: -50, 10, 20, 30, 40 -> mean(10, 20, 30) = 20
+    # coordinate 0: sorted 1, 2, 3, 4, 100 -> mean(2, 3, 4) = 3; coordinate 1: -50, 10, 20, 30, 40 -> mean(10, 20,
+    # 30) = 20
     assert out.tolist() == [3.0, 20.0]
     # survivors: coordinate 0 workers 1, 2, 4; coordinate 1 workers 0, 2, 3
     assert [metrics[f"agg/weight_rank{i}"] for i in range(5)] == pytest.approx([0.5, 0.5, 1.0, 0.5, 0.5])

@@ -1,5 +1,6 @@
 """`python -m launch submit`: the rendered script for a job shape, and the script's own logic run
 against stand-in srun/scontrol/scancel (no Slurm needed): what it launches, when it requeues."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,20 @@ def sbatch_lines(script: str) -> list[str]:
 
 
 def test_four_nodes_of_eight_gpus(capsys):
-    script = dry_run(capsys, "--nodes", "4", "--gpus-per-node", "8", "--partition", "p", "--time", "01:00:00",
-                     "--", "model.size=1b", "param=sltrain")
+    script = dry_run(
+        capsys,
+        "--nodes",
+        "4",
+        "--gpus-per-node",
+        "8",
+        "--partition",
+        "p",
+        "--time",
+        "01:00:00",
+        "--",
+        "model.size=1b",
+        "param=sltrain",
+    )
     assert sbatch_lines(script) == [
         "#SBATCH --job-name=slimtrain",
         "#SBATCH --nodes=4",
@@ -42,9 +55,12 @@ def test_four_nodes_of_eight_gpus(capsys):
     ]
     assert script.startswith("#!/bin/bash\n")
     # The body is the template's, untouched: the same code runs either way.
-    assert script.splitlines()[-len(template_parts(TEMPLATE.read_text())[1]) - 1:-1] == template_parts(TEMPLATE.read_text())[1]
-    assert "srun --nodes=\"$NNODES\" --ntasks-per-node=1 --kill-on-bad-exit=1" in script
-    assert "--rdzv-backend=c10d --rdzv-endpoint=\"$HEAD_ADDR:$RDZV_PORT\"" in script
+    assert (
+        script.splitlines()[-len(template_parts(TEMPLATE.read_text())[1]) - 1 : -1]
+        == template_parts(TEMPLATE.read_text())[1]
+    )
+    assert 'srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1' in script
+    assert '--rdzv-backend=c10d --rdzv-endpoint="$HEAD_ADDR:$RDZV_PORT"' in script
     assert '"$ROOT/train.py" "$@"' in script
     assert "scontrol requeue" in script and "TORCH_NCCL_ASYNC_ERROR_HANDLING" in script
     assert script.splitlines()[-1] == "# submit with: sbatch '<this script>' model.size=1b param=sltrain"
@@ -54,21 +70,42 @@ def test_four_nodes_of_eight_gpus(capsys):
 def test_cpu_job_and_config_file(capsys, tmp_path):
     config = tmp_path / "launch.yaml"
     config.write_text("nodes: 2\ngpus_per_node: 0\nnproc_per_node: 2\ncpus_per_task: 4\ntime: '10:00'\nqos: low\n")
-    script = dry_run(capsys, "--config", str(config), "--time", "20:00", "--exclusive", "--preempt-lead", "60",
-                     "--sbatch-arg=--constraint=big", "--env", "MAX_REQUEUES=3")
+    script = dry_run(
+        capsys,
+        "--config",
+        str(config),
+        "--time",
+        "20:00",
+        "--exclusive",
+        "--preempt-lead",
+        "60",
+        "--sbatch-arg=--constraint=big",
+        "--env",
+        "MAX_REQUEUES=3",
+    )
     lines = sbatch_lines(script)
     assert not any("gpus" in line for line in lines)
-    assert {"#SBATCH --nodes=2", "#SBATCH --cpus-per-task=4", "#SBATCH --time=20:00", "#SBATCH --qos=low",
-            "#SBATCH --exclusive", "#SBATCH --signal=B:USR1@60", "#SBATCH --constraint=big"} <= set(lines)
+    assert {
+        "#SBATCH --nodes=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --time=20:00",
+        "#SBATCH --qos=low",
+        "#SBATCH --exclusive",
+        "#SBATCH --signal=B:USR1@60",
+        "#SBATCH --constraint=big",
+    } <= set(lines)
     assert lines[-2].endswith("NPROC_PER_NODE=2,MAX_REQUEUES=3")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--nodes", "0"], "--nodes=0"),
-    (["--time", "1 hour"], "--time='1 hour'"),
-    (["--gpus-per-node", "-1"], "--gpus-per-node=-1"),
-    (["--env", "NOVALUE"], "--env NOVALUE"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--nodes", "0"], "--nodes=0"),
+        (["--time", "1 hour"], "--time='1 hour'"),
+        (["--gpus-per-node", "-1"], "--gpus-per-node=-1"),
+        (["--env", "NOVALUE"], "--env NOVALUE"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(capsys, argv, message):
     assert main(["submit", "--dry-run", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -101,12 +138,27 @@ def run_script(tmp_path, behaviour: str, send=None, extra_env=None, hold: float 
         (stubs / name).write_text(STUB)
         (stubs / name).chmod(0o755)
     log = tmp_path / "calls.log"
-    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "STUB_LOG": str(log), "SRUN_BEHAVIOUR": behaviour,
-           "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[07-08]",
-           "SLURM_CPUS_PER_TASK": "16", "SLURM_GPUS_ON_NODE": "4", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "SRUN_BEHAVIOUR": behaviour,
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "node[07-08]",
+        "SLURM_CPUS_PER_TASK": "16",
+        "SLURM_GPUS_ON_NODE": "4",
+        **(extra_env or {}),
+    }
     env["OMP_NUM_THREADS"] = "99"  # the submitting shell's: the allocation's must win
-    proc = subprocess.Popen(["bash", str(TEMPLATE), "model.size=debug", "train.steps=3"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["bash", str(TEMPLATE), "model.size=debug", "train.steps=3"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 20
     while not Path(f"{log}.srun-started").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
@@ -127,7 +179,7 @@ def test_script_launches_one_torchrun_per_node(tmp_path):
     assert "--nnodes=2 --nproc-per-node=4" in srun  # GPUs on the node
     assert f"--rdzv-endpoint=10.1.2.7:{29500 + 4242 % 5000} --rdzv-id=4242" in srun  # the first node's NodeAddr
     assert srun.endswith("train.py model.size=debug train.steps=3")
-    assert "trap \"\" USR1" in srun and "is_host=" in srun  # torchrun ignores USR1; node 0 hosts the rendezvous
+    assert 'trap "" USR1' in srun and "is_host=" in srun  # torchrun ignores USR1; node 0 hosts the rendezvous
     assert "OMP_NUM_THREADS=4" in out  # 16 CPUs / 4 processes
     assert not any(c.startswith("scontrol requeue") for c in calls)
 

@@ -1,4 +1,5 @@
 """StopRequest: signals and max_time set a stop reason; a stop (exit 75) is announced in files torchrun cannot hide."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,14 @@ import time
 import pytest
 
 from tests.helpers import run_train
-from trainer.signals import (EXIT_PREEMPTED, REQUEUE_FILE, STOP_MARKER_ENV, StopRequest, announce_preempted,
-                             clear_preempted)
+from trainer.signals import (
+    EXIT_PREEMPTED,
+    REQUEUE_FILE,
+    STOP_MARKER_ENV,
+    StopRequest,
+    announce_preempted,
+    clear_preempted,
+)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP])
@@ -73,7 +80,9 @@ def test_under_torchrun_resume_me_is_a_file_and_errors_are_one_line(tmp_path, mo
     bad = run_train(tmp_path, ["train.steps=4", "train.save_every=0"], nproc=2, check=False)
     assert bad.returncode != 0 and not run_dir.exists()
     assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
-        "error: train.save_every=0: must be a positive number of steps (to do it only at the end, set it to train.steps)"]
+        "error: train.save_every=0: must be a positive number of steps (to do it only at the end, set it to "
+        "train.steps)"
+    ]
     stopped = run_train(tmp_path, ["train.steps=4", "train.stop_at=2"], nproc=2, check=False)
     assert stopped.returncode == 1, stopped.stderr[-3000:]  # torchrun's code for any failed worker, 75 included
     assert (run_dir / REQUEUE_FILE).read_text().startswith("stopped early at step 2")

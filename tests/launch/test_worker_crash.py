@@ -1,4 +1,5 @@
 """A worker that dies mid-run must end the whole job, non-zero, within a bounded time (no hang)."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,22 @@ def _steps_logged(path) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_killing_one_worker_ends_the_job_within_60s(tmp_path, sig):
-    args = [*FAST, f"run.out_dir={tmp_path / 'runs'}", "run.name=crash", f"data.cache_dir={cache_dir(tmp_path)}",
-            "train.steps=100000", "train.save_every=100000"]
-    launcher = subprocess.Popen(train_command(args, nproc=2), cwd=ROOT, env=train_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    args = [
+        *FAST,
+        f"run.out_dir={tmp_path / 'runs'}",
+        "run.name=crash",
+        f"data.cache_dir={cache_dir(tmp_path)}",
+        "train.steps=100000",
+        "train.save_every=100000",
+    ]
+    launcher = subprocess.Popen(
+        train_command(args, nproc=2),
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         metrics = tmp_path / "runs" / "crash" / "metrics.jsonl"
         deadline = time.monotonic() + 180
@@ -33,7 +46,9 @@ def test_killing_one_worker_ends_the_job_within_60s(tmp_path, sig):
             assert launcher.poll() is None, f"torchrun ended early:\n{launcher.stdout.read()[-4000:]}"
             assert time.monotonic() < deadline, "the run did not start training in 180 s"
             time.sleep(0.2)
-        workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+        workers = [
+            p for p in psutil.Process(launcher.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())
+        ]
         assert len(workers) == 2, [p.cmdline() for p in workers]
         victim, survivor = workers
         killed_at = time.monotonic()
@@ -44,7 +59,9 @@ def test_killing_one_worker_ends_the_job_within_60s(tmp_path, sig):
         print(f"torchrun exited {rc}, {elapsed:.1f} s after a worker got {sig.name}")
         assert rc != 0, output[-3000:]
         assert elapsed < 60, f"the job took {elapsed:.0f} s to end after a worker died"
-        assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE, "the other worker outlived the job"
+        assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE, (
+            "the other worker outlived the job"
+        )
     finally:
         if launcher.poll() is None:  # only what this test started
             for p in psutil.Process(launcher.pid).children(recursive=True):

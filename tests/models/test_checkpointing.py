@@ -1,4 +1,5 @@
 """Activation checkpointing: same gradients bit for bit, less activation memory, same state-dict keys."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,11 @@ def test_gradients_bitwise_equal(param_name, mode):
 
 def test_modes_mark_the_documented_blocks():
     model = Llama(dataclasses.replace(LLAMA_SIZES["debug"], num_layers=5), VOCAB, 8)
-    for mode, expected in [("full", [True] * 5), ("selective", [True, False, True, False, True]),
-                           ("none", [False] * 5)]:
+    for mode, expected in [
+        ("full", [True] * 5),
+        ("selective", [True, False, True, False, True]),
+        ("none", [False] * 5),
+    ]:
         apply_activation_checkpointing(model, mode)
         assert [block.checkpointed for block in model.layers] == expected, mode
 

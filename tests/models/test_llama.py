@@ -60,8 +60,9 @@ def sdpa_as_flash(calls):
 
     def flash(q, k, v, causal):
         calls.append((q.dtype, k.dtype, v.dtype))
-        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                               is_causal=causal)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal
+        )
         return out.transpose(1, 2)
 
     return flash

@@ -1,4 +1,5 @@
 """models/meta.py: telling value-less tensors apart, and caches that keep fake tensors away from real runs."""
+
 import gc
 import weakref
 

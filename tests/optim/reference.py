@@ -1,4 +1,5 @@
 """Slow, obviously correct references shared by the optimizer tests."""
+
 import math
 
 import torch
@@ -9,5 +10,7 @@ def reference_dct(size: int) -> torch.Tensor:
     c = torch.empty(size, size, dtype=torch.float64)
     for k in range(size):
         for j in range(size):
-            c[k, j] = math.sqrt(2 / size) * math.cos(math.pi * k * (2 * j + 1) / (2 * size)) / (math.sqrt(2) if k == 0 else 1)
+            c[k, j] = (
+                math.sqrt(2 / size) * math.cos(math.pi * k * (2 * j + 1) / (2 * size)) / (math.sqrt(2) if k == 0 else 1)
+            )
     return c

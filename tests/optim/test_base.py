@@ -3,6 +3,7 @@
 The reference for a step inside backward is the same optimizer stepping after backward (it must give the
 same bits); the reference for 8-bit and bf16 states is the same optimizer with fp32 states.
 """
+
 import copy
 
 import pytest
@@ -56,8 +57,10 @@ def assert_same_weights(a, b):
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
-@pytest.mark.parametrize("param_name,optim_name", [("full", "adamw"), ("full", "dct_adamw"), ("sltrain", "adamw"),
-                                                   ("sst", "adamw"), ("full", "galore_adamw")])
+@pytest.mark.parametrize(
+    "param_name,optim_name",
+    [("full", "adamw"), ("full", "dct_adamw"), ("sltrain", "adamw"), ("sst", "adamw"), ("full", "galore_adamw")],
+)
 def test_step_in_backward_gives_the_same_weights(param_name, optim_name, accumulation):
     data = batches(6, accumulation)
     ref_model, ref_opt = build(param_name, optim_name)
@@ -153,8 +156,12 @@ def test_stochastic_rounding_keeps_updates_that_nearest_rounding_loses():
         w = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
         holder = torch.nn.Module()
         holder.w = w
-        opt = OPTIM.build("adamw", OPTIM.make_config({"name": "adamw", "lr": 1e-4, "stochastic_rounding": sr}),
-                          holder, BuildContext(model_size="debug"))
+        opt = OPTIM.build(
+            "adamw",
+            OPTIM.make_config({"name": "adamw", "lr": 1e-4, "stochastic_rounding": sr}),
+            holder,
+            BuildContext(model_size="debug"),
+        )
         for _ in range(20):
             w.grad = torch.ones_like(w)
             opt.step()
@@ -177,13 +184,16 @@ def test_hooks_see_the_learning_rate_set_after_a_load():
 
 def test_sst_resamples_and_resets_work_with_the_step_in_backward():
     """SST's hook (unit columns, resample every 2 steps, reset of the resampled block's state) after hook updates."""
+
     def run(sib):
         torch.manual_seed(0)
         model = Llama(shape_for("debug"), VOCAB, SEQ)
         ctx = BuildContext(model_size="debug")
         sst = PARAM.build("sst", PARAM.make_config({"name": "sst", "rank": 4, "update_every": 2}), ctx)
         sst.convert(model)
-        opt = OPTIM.build("adamw", OPTIM.make_config({"name": "adamw", "lr": 3e-3, "step_in_backward": sib}), model, ctx)
+        opt = OPTIM.build(
+            "adamw", OPTIM.make_config({"name": "adamw", "lr": 3e-3, "step_in_backward": sib}), model, ctx
+        )
         for step, micro in enumerate(batches(6, 2), start=1):
             train(model, opt, [micro])
             sst.on_step_end(step, LocalOps(opt))
@@ -205,8 +215,10 @@ def test_a_step_inside_an_autocast_region_is_the_fp32_step(optim_name):
     torch.manual_seed(0)
     model = Llama(shape_for("debug"), vocab_size=64, max_seq_len=16)
     twin = copy.deepcopy(model)
-    opts = [OPTIM.build(name, OPTIM.make_config({"name": name, **extra}), m, BuildContext(model_size="debug"))
-            for m in (model, twin)]
+    opts = [
+        OPTIM.build(name, OPTIM.make_config({"name": name, **extra}), m, BuildContext(model_size="debug"))
+        for m in (model, twin)
+    ]
     for _ in range(3):
         for m in (model, twin):
             for p in m.parameters():

@@ -1,4 +1,5 @@
 """optim=dct_adamw / galore_adamw / galore_torch: configs, refusals, and real 2-process runs of the sharding."""
+
 import shutil
 import sys
 
@@ -34,15 +35,21 @@ def test_shipped_config_composes_and_builds(name):
     assert opt.state  # it stepped
 
 
-@pytest.mark.parametrize("overrides,fix", [
-    (["optim=dct_adamw", "train.zero_stage=1"], "use train.zero_stage=0 optim.zero=1"),
-    (["optim=dct_adamw", "train.zero_stage=2", "optim.zero=1"], "use train.zero_stage=0 optim.zero=1"),
-    (["optim=galore_adamw", "train.zero_stage=2"], "use train.zero_stage=0 optim.zero=1"),
-    (["optim=galore_torch", "train.zero_stage=1"], "optim=dct_adamw optim.zero=1"),
-    (["optim=dct_adamw", "optim.zero=2"], "optim.zero: 2 is not 0 or 1"),
-    (["optim=dct_adamw", "optim.basis=random_qr", "optim.fast_dct=on"], "use optim.fast_dct=auto or optim.basis=dct"),
-    (["optim=dct_adamw", "optim.error_feedback=4bit"], "optim.error_feedback"),
-])
+@pytest.mark.parametrize(
+    "overrides,fix",
+    [
+        (["optim=dct_adamw", "train.zero_stage=1"], "use train.zero_stage=0 optim.zero=1"),
+        (["optim=dct_adamw", "train.zero_stage=2", "optim.zero=1"], "use train.zero_stage=0 optim.zero=1"),
+        (["optim=galore_adamw", "train.zero_stage=2"], "use train.zero_stage=0 optim.zero=1"),
+        (["optim=galore_torch", "train.zero_stage=1"], "optim=dct_adamw optim.zero=1"),
+        (["optim=dct_adamw", "optim.zero=2"], "optim.zero: 2 is not 0 or 1"),
+        (
+            ["optim=dct_adamw", "optim.basis=random_qr", "optim.fast_dct=on"],
+            "use optim.fast_dct=auto or optim.basis=dct",
+        ),
+        (["optim=dct_adamw", "optim.error_feedback=4bit"], "optim.error_feedback"),
+    ],
+)
 def test_impossible_combinations_are_refused_in_one_line(overrides, fix):
     with pytest.raises(ValueError) as err:
         load(overrides)
@@ -77,7 +84,13 @@ def _state_bytes(path, rank):
 
 
 def test_two_process_sharding_matches_unsharded_halves_state_and_resumes_bitwise(tmp_path):
-    common = ["optim=dct_adamw", "optim.update_gap=2", "optim.error_feedback=int8", "train.steps=8", "train.save_every=4"]
+    common = [
+        "optim=dct_adamw",
+        "optim.update_gap=2",
+        "optim.error_feedback=int8",
+        "train.steps=8",
+        "train.save_every=4",
+    ]
     run_train(tmp_path, common, nproc=2, name="whole")
     run_train(tmp_path, [*common, "optim.zero=1"], nproc=2, name="sharded")
     whole, sharded = metrics(tmp_path, "whole"), metrics(tmp_path, "sharded")

@@ -1,5 +1,6 @@
 """optim/lowbit.py: the 8-bit map and blockwise codes against bitsandbytes and a slow argmin reference,
 round-trip error bounds, stochastic bf16 rounding (neighbours, unbiased, seeded, inf/nan), fake mode."""
+
 import math
 
 import pytest

@@ -1,5 +1,6 @@
 """optim/projectors.py: the bases against element-by-element references, index matching without data-dependent
 shapes, and bases under a FakeTensorMode."""
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
@@ -64,7 +65,9 @@ def test_dct_matrix_equals_reference_and_is_orthonormal(size):
 def test_dct_matrix_equals_scipy_at_130m_size():
     scipy_fft = pytest.importorskip("scipy.fft")
     c = proj.dct_matrix(768).double()
-    expected = torch.from_numpy(scipy_fft.dct(torch.eye(768, dtype=torch.float64).numpy(), type=2, norm="ortho", axis=0))
+    expected = torch.from_numpy(
+        scipy_fft.dct(torch.eye(768, dtype=torch.float64).numpy(), type=2, norm="ortho", axis=0)
+    )
     assert torch.allclose(c, expected, atol=1e-6, rtol=0)
     assert torch.allclose(c @ c.T, torch.eye(768, dtype=torch.float64), atol=1e-6, rtol=0)
 

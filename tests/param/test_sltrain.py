@@ -1,4 +1,5 @@
 """SLTrain (param/sltrain.py) against a slow dense reference W = sBA + scatter(values)."""
+
 import math
 
 import pytest
@@ -6,15 +7,21 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+import train  # noqa: F401  (registers the schema)
 from models import Llama, shape_for
 from param.lowrank import LowRankConfig
-from param.sltrain import (SIZE_DEFAULTS, SLTrain, SLTrainConfig, SparseLowRankLinear,
-                           SparseLowRankMatmul, draw_support, layer_seed)
+from param.sltrain import (
+    SIZE_DEFAULTS,
+    SLTrain,
+    SLTrainConfig,
+    SparseLowRankLinear,
+    SparseLowRankMatmul,
+    draw_support,
+    layer_seed,
+)
 from tests.helpers import compose, run_distributed
 from trainer.config import resolve
 from trainer.strategy import BuildContext
-
-import train  # noqa: F401  (registers the schema)
 
 
 def random_layer(m, n, rank, delta, dtype=torch.float64, seed=0):
@@ -142,8 +149,11 @@ def test_support_depends_only_on_seed_and_layer_name():
     b, _ = convert_debug(seed=3, global_seed=123)  # a different global RNG state: same supports and init
     c, _ = convert_debug(seed=4, global_seed=0)
     assert len(sa.layers) == 7 * 2
-    for (name, la), lb, lc in zip(sa.layers.items(), (m for m in b.modules() if isinstance(m, SparseLowRankLinear)),
-                                  (m for m in c.modules() if isinstance(m, SparseLowRankLinear))):
+    for (_name, la), lb, lc in zip(
+        sa.layers.items(),
+        (m for m in b.modules() if isinstance(m, SparseLowRankLinear)),
+        (m for m in c.modules() if isinstance(m, SparseLowRankLinear)),
+    ):
         assert torch.equal(la.support, lb.support) and torch.equal(la.A, lb.A) and torch.equal(la.values, lb.values)
         assert not torch.equal(la.support, lc.support)
         assert la.nnz == math.floor(0.03 * la.in_features * la.out_features)
@@ -193,8 +203,9 @@ def test_parameter_counts_match_paper(size):
 def test_per_size_defaults_and_overrides():
     assert SLTrainConfig().resolved("130m") == SLTrainConfig(rank=256, alpha=16.0, delta=0.03)
     assert SLTrainConfig().resolved("7b").delta == 0.05
-    assert (SLTrainConfig(rank=8, delta=0.0, b_init="kaiming").resolved("1b")
-            == SLTrainConfig(rank=8, alpha=8.0, delta=0.0, b_init="kaiming"))
+    assert SLTrainConfig(rank=8, delta=0.0, b_init="kaiming").resolved("1b") == SLTrainConfig(
+        rank=8, alpha=8.0, delta=0.0, b_init="kaiming"
+    )
     assert set(SIZE_DEFAULTS) == {"debug", "20m", "60m", "130m", "350m", "1b", "7b"}
     with pytest.raises(ValueError, match=r"param.delta=1.5 must be in \[0, 1\)"):
         SLTrainConfig(delta=1.5)

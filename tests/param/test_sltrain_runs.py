@@ -1,4 +1,5 @@
 """SLTrain end to end through train.py: resume and ZeRO stages across processes."""
+
 import shutil
 
 import torch
@@ -26,8 +27,11 @@ def test_zero2_two_process_resume_is_bitwise_exact(tmp_path):
     assert all(resumed[s] == straight[s] for s in resumed), (resumed, straight)
 
     # The checkpoint holds each layer's support, equal to what a fresh conversion draws.
-    states = torch.load(next((runs / "straight" / "checkpoints" / "step_0000004").rglob("*model_states.pt")),
-                        map_location="cpu", weights_only=False)["module"]
+    states = torch.load(
+        next((runs / "straight" / "checkpoints" / "step_0000004").rglob("*model_states.pt")),
+        map_location="cpu",
+        weights_only=False,
+    )["module"]
     _, fresh = convert_debug(seed=0, global_seed=0)
     for name, layer in fresh.layers.items():
         assert torch.equal(states[f"{name}.support"], layer.support)

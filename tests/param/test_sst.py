@@ -1,4 +1,5 @@
 """SST: the spectral layer against dense U diag(sigma) V^T, swaps and re-SVDs that keep W (runs: test_sst_runs.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from models import Llama, projection_modules, shape_for
-from param.sst import SST, SSTConfig, SpectralLinear, sample_columns, spectral_weight, svd_factors
+from param.sst import SST, SpectralLinear, SSTConfig, sample_columns, spectral_weight, svd_factors
 from trainer.strategy import BuildContext
 
 
@@ -105,8 +106,16 @@ def test_gradients_match_autograd_reference(enhanced):
     torch.testing.assert_close(layer.v_active.grad, v_a.grad * scale, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+        ),
+    ],
+)
 def test_bf16_autocast_matches_dense_and_keeps_fp32_grads(device):
     dense, model, _ = converted()
     dense, model = dense.to(device), model.to(device)
@@ -138,7 +147,7 @@ def test_swap_keeps_matrix_and_parameter_identity():
     assert [id(p) for p in model.parameters()] == ids
     assert layer.u_active not in optimizer.state and layer.v_active not in optimizer.state
     assert layer.sigma in optimizer.state  # sigma's state survives a plain resample
-    assert set(map(id, ops.reset)) == {id(p) for _, l in sst.layers for p in (l.u_active, l.v_active)}
+    assert set(map(id, ops.reset)) == {id(p) for _, layer in sst.layers for p in (layer.u_active, layer.v_active)}
 
 
 def test_resvd_keeps_matrix_and_orthonormalises():
@@ -181,7 +190,9 @@ def test_after_step_clamps_sigma_and_normalises_active_columns():
 
 def test_sampler_distribution_and_determinism():
     sigma = torch.tensor([4.0, 2.0, 1.0, 1.0, 0.0])
-    draws = torch.stack([sample_columns(sigma, 1, 0.5, g) for g in [torch.Generator().manual_seed(0)] for _ in range(20000)])
+    draws = torch.stack(
+        [sample_columns(sigma, 1, 0.5, g) for g in [torch.Generator().manual_seed(0)] for _ in range(20000)]
+    )
     expected = 0.5 / 5 + 0.5 * sigma / sigma.sum()
     observed = torch.bincount(draws.flatten(), minlength=5).double() / draws.numel()
     torch.testing.assert_close(observed, expected.double(), atol=0.015, rtol=0)
@@ -225,9 +236,9 @@ def test_bad_config_is_one_line():
 
 @pytest.mark.parametrize("size", ["debug", "20m"])
 def test_rank_above_the_layers_is_refused_like_sltrain(size):
-    """k = min(out, in) singular vectors per layer; r = k (every column trains) is the most, as sltrain refuses r >= hidden."""
+    """k = min(out, in) singular vectors per layer; r = k (every column trains) is the most, as sltrain refuses r >=
+    hidden."""
     import train
-
     from tests.helpers import compose
 
     k = min(shape_for(size).hidden, shape_for(size).intermediate)
@@ -237,14 +248,16 @@ def test_rank_above_the_layers_is_refused_like_sltrain(size):
         SST(cfg.param, BuildContext(model_size=size)).convert(model)
         layers = [m for m in model.modules() if isinstance(m, SpectralLinear)]
         assert layers and all(m.active_idx.numel() == k and m.frozen_idx.numel() == 0 for m in layers)
-    with pytest.raises(ValueError, match=rf"^param.rank={k + 1} is above the {k} singular vectors of model.size={size}'s "
-                                         rf"smallest layer; set param.rank to at most {k}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^param.rank={k + 1} is above the {k} singular vectors of model.size={size}'s "
+        rf"smallest layer; set param.rank to at most {k}$",
+    ):
         train.load_config(compose(["param=sst", f"param.rank={k + 1}", f"model.size={size}"]))
 
 
 def test_yaml_composes_to_the_dataclass_defaults():
     import train
-
     from tests.helpers import compose
 
     cfg = train.load_config(compose(["param=sst"]))

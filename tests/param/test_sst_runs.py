@@ -1,5 +1,6 @@
 """SST in real runs: the engine's per-parameter state reset on ZeRO-1/2's flat partitions, and exact resume across
 a resample and a re-SVD with 2 processes (the layer itself: test_sst.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,11 @@ def _zero_reset_check(rank, world_size, stage):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(7, 5, bias=False), nn.Linear(5, 3), nn.Linear(3, 2))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-    config = {"train_batch_size": 2 * world_size, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage}}
+    config = {
+        "train_batch_size": 2 * world_size,
+        "train_micro_batch_size_per_gpu": 2,
+        "zero_optimization": {"stage": stage},
+    }
     ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
     loss = ds(torch.randn(2, 7)).square().sum()
     ds.backward(loss)
@@ -63,13 +68,25 @@ def test_zero_reset_zeroes_exactly_the_parameter_slices():
 
 
 # --- acceptance 5: exact resume across a resample and a re-SVD, 2 processes -------------------------------
-SST_RUN = ["param=sst", "param.rank=8", "param.update_every=2", "param.resvd_every=2", "param.rewarm_steps=2",
-           "train.steps=8", "train.save_every=5", "train.keep_last=3", "train.eval_every=4"]
+SST_RUN = [
+    "param=sst",
+    "param.rank=8",
+    "param.update_every=2",
+    "param.resvd_every=2",
+    "param.rewarm_steps=2",
+    "train.steps=8",
+    "train.save_every=5",
+    "train.keep_last=3",
+    "train.eval_every=4",
+]
 
 
 def model_states(run_dir: Path) -> dict:
-    states = torch.load(run_dir / "checkpoints" / "step_0000008" / "engine" / "mp_rank_00_model_states.pt",
-                        map_location="cpu", weights_only=False)
+    states = torch.load(
+        run_dir / "checkpoints" / "step_0000008" / "engine" / "mp_rank_00_model_states.pt",
+        map_location="cpu",
+        weights_only=False,
+    )
     return states["module"]
 
 

@@ -3,6 +3,7 @@
 Everything it starts (sockets, state, logs, pid files) lives under one folder, on ports of its own,
 so it neither needs nor touches /etc/slurm. Installing the Debian packages needs root and apt-get.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ def ensure_installed() -> None:
     if all(shutil.which(b) for b in BINARIES):
         return
     if os.geteuid() != 0:
-        raise SlurmUnavailable("Slurm is not installed and installing it needs root (apt-get install " + " ".join(PACKAGES) + ")")
+        raise SlurmUnavailable(
+            "Slurm is not installed and installing it needs root (apt-get install " + " ".join(PACKAGES) + ")"
+        )
     if not shutil.which("apt-get"):
         raise SlurmUnavailable("Slurm is not installed and there is no apt-get to install it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -100,8 +103,11 @@ class LocalSlurm:
         for sub in ("munge", "state", "spool", "run", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         nodes = nodes or f"NodeName={self.host} CPUs={self.cpus} State=UNKNOWN"
-        self.conf.write_text(SLURM_CONF.format(host=self.host, root=self.root, nodes=nodes,
-                                               ctld_port=_free_port(), slurmd_port=_free_port()))
+        self.conf.write_text(
+            SLURM_CONF.format(
+                host=self.host, root=self.root, nodes=nodes, ctld_port=_free_port(), slurmd_port=_free_port()
+            )
+        )
 
     def start_munge(self) -> None:
         munge = self.root / "munge"
@@ -111,14 +117,27 @@ class LocalSlurm:
         key.chmod(0o400)
         pid = self.root / "run" / "munged.pid"
         # --force: munged refuses to run as root, or with a world-readable /tmp ancestor, otherwise.
-        subprocess.run(["munged", "--force", f"--socket={munge}/munge.socket", f"--key-file={key}",
-                        f"--pid-file={pid}", f"--log-file={self.root}/log/munged.log", f"--seed-file={munge}/seed"],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                "munged",
+                "--force",
+                f"--socket={munge}/munge.socket",
+                f"--key-file={key}",
+                f"--pid-file={pid}",
+                f"--log-file={self.root}/log/munged.log",
+                f"--seed-file={munge}/seed",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         self._procs.append(pid)
 
     def start_daemons(self, slurmd_args: list[list[str]] | None = None) -> None:
         self._daemon(["slurmctld", "-f", str(self.conf)], self.root / "run" / "slurmctld.pid")
-        self.wait_for(lambda: self.run("scontrol", "ping", check=False).stdout.count("UP") > 0, 30, "slurmctld to answer")
+        self.wait_for(
+            lambda: self.run("scontrol", "ping", check=False).stdout.count("UP") > 0, 30, "slurmctld to answer"
+        )
         for args in slurmd_args or [["slurmd", "-f", str(self.conf)]]:
             node = args[-1] if "-N" in args else self.host
             self._daemon(args, self.root / "run" / f"slurmd-{node}.pid")
@@ -130,7 +149,7 @@ class LocalSlurm:
             raise RuntimeError(f"{args[0]} failed to start: {proc.stderr.strip()}\n{self.logs()}")
         self._procs.append(pid_file)
 
-    def start(self) -> "LocalSlurm":
+    def start(self) -> LocalSlurm:
         self.write_config()
         self.start_munge()
         self.start_daemons()
@@ -244,7 +263,9 @@ class NetnsNodes:
         (Not `ip netns exec`: that remounts /sys, and slurmd needs the host's cgroup mounts.)
         """
         hosts = Path("/etc/netns") / self.ns(node) / "hosts"
-        script = f'hostname {node} && mount --bind {hosts} /etc/hosts && exec nsenter --net=/run/netns/{self.ns(node)} "$@"'
+        script = (
+            f'hostname {node} && mount --bind {hosts} /etc/hosts && exec nsenter --net=/run/netns/{self.ns(node)} "$@"'
+        )
         return ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "sh", *args]
 
     def destroy(self) -> None:

@@ -1,4 +1,5 @@
 """A session-wide local Slurm for the launcher tests: installed (Debian packages) and started if need be."""
+
 from __future__ import annotations
 
 import os

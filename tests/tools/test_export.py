@@ -1,5 +1,6 @@
 """Every param strategy's checkpoint exports to a plain LLaMA, and to a transformers directory, that compute
 the same function as the model as trained; the exported tokenizer gives sentencepiece's ids."""
+
 import json
 
 import pytest
@@ -37,8 +38,15 @@ def test_export_matches_the_trained_model(tmp_path, name):
 def corpus_sample(num_docs: int = 200) -> list[str]:
     docs = corpus.documents(DataConfig())
     return [next(docs) for _ in range(num_docs)] + [
-        "def f(x):\n    return  x", "  leading spaces", "trailing  ", "", " ", "\n\ntabs\tand 12345 digits",
-        "literal <s> and </s> and <unk>", "unicode: naïve café 日本語 😀", "\u2581 the space symbol itself",
+        "def f(x):\n    return  x",
+        "  leading spaces",
+        "trailing  ",
+        "",
+        " ",
+        "\n\ntabs\tand 12345 digits",
+        "literal <s> and </s> and <unk>",
+        "unicode: naïve café 日本語 😀",
+        "\u2581 the space symbol itself",
     ]
 
 

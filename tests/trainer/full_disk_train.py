@@ -5,6 +5,7 @@
 Every write into that step's checkpoint files fails with ENOSPC, as on a full disk: what a real small
 tmpfs does, for machines where a test cannot mount one.
 """
+
 import errno
 import os
 import sys

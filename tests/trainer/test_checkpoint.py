@@ -1,4 +1,5 @@
 """Atomic checkpoints: sealed by a manifest, verified on resume, pruned, corrupt ones skipped."""
+
 import hashlib
 import json
 import os
@@ -119,8 +120,15 @@ def test_manifest_uses_recorded_hashes_and_hashes_only_the_rest(tmp_path, monkey
     assert manifest.verify(path, "full") is None
 
 
-@pytest.mark.parametrize("damage, caught_by", [("flip", {"full"}), ("truncate", {"full", "sizes"}),
-                                               ("delete", {"full", "sizes"}), ("manifest", {"full", "sizes", "off"})])
+@pytest.mark.parametrize(
+    "damage, caught_by",
+    [
+        ("flip", {"full"}),
+        ("truncate", {"full", "sizes"}),
+        ("delete", {"full", "sizes"}),
+        ("manifest", {"full", "sizes", "off"}),
+    ],
+)
 def test_each_verify_mode_catches_what_it_promises(tmp_path, damage, caught_by):
     path = fake_checkpoint(tmp_path, 4)
     target = os.path.join(path, "engine", "model.pt")
@@ -199,6 +207,7 @@ def test_a_publish_cut_short_at_any_point_leaves_a_good_checkpoint(tmp_path, mon
             if len(calls) - 1 == fail_at:
                 raise OSError("injected crash")
             return real(*a, **kw)
+
         return op
 
     monkeypatch.setattr(os, "replace", crash_or(os.replace))

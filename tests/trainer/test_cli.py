@@ -1,5 +1,6 @@
 """Hydra's own errors are the project's one line with exit code 2; a `-m` sweep runs every job, each in its
 own run directory, and exits non-zero when one failed."""
+
 import json
 import os
 import subprocess
@@ -9,10 +10,9 @@ import pytest
 import yaml
 from hydra.errors import HydraException
 
+import train
 from tests.helpers import FAST, cache_dir, train_command, train_env
 from trainer.cli import JobLog, sweep_run_name, swept_keys
-
-import train
 
 BAD = [  # (overrides, what the one line must say)
     (["param=nope"], ["unknown param=nope", "choose one of: full, lowrank, sltrain, sst"]),
@@ -23,8 +23,10 @@ BAD = [  # (overrides, what the one line must say)
     (["++x.y=1"], ["unknown key x;", "valid keys: agg, data"]),
     (["optim.lrr=1"], ["unknown key optim.lrr for optim=adamw (did you mean optim.lr?)", "weight_decay"]),
     (["+optim.lrr=1"], ["unknown key optim.lrr for optim=adamw (did you mean optim.lr?)"]),
-    (["optim=galore_adamw", "optim.rnk=4"],
-     ["unknown key optim.rnk for optim=galore_adamw (did you mean optim.rank?)"]),
+    (
+        ["optim=galore_adamw", "optim.rnk=4"],
+        ["unknown key optim.rnk for optim=galore_adamw (did you mean optim.rank?)"],
+    ),
     (["train.steps=abc"], ["train.steps", "'abc'", "Integer"]),
     (["param=sltrain", "param.rank=abc"], ["param.rank", "'abc'"]),
     (["log.progress=5.5.5"], ["log.progress"]),
@@ -66,21 +68,30 @@ def test_swept_keys():
     assert swept_keys(["train.steps=5"]) == []
 
 
-@pytest.mark.parametrize("base, job, swept, want", [
-    ("default", ["param=full", "train.steps=5"], ["param"], "default-param=full"),
-    ("exp", ["optim.lr=0.01", "param=sst"], ["param", "optim.lr"], "exp-param=sst,optim.lr=0.01"),  # command-line order
-    ("a", ["run.name=a", "param=full"], ["run.name"], "a"),
-    ("a", ["run.name=a", "+param=full"], ["run.name", "param"], "a-param=full"),
-    ("default", ["data.source=/x/y z.txt"], ["data.source"], "default-data.source=_x_y_z.txt"),
-    ("default", ["train.steps=5"], [], "default-job3"),
-    ("default", ["train.seed=" + "1" * 200], ["train.seed"], "default-job3"),
-])
+@pytest.mark.parametrize(
+    "base, job, swept, want",
+    [
+        ("default", ["param=full", "train.steps=5"], ["param"], "default-param=full"),
+        (
+            "exp",
+            ["optim.lr=0.01", "param=sst"],
+            ["param", "optim.lr"],
+            "exp-param=sst,optim.lr=0.01",
+        ),  # command-line order
+        ("a", ["run.name=a", "param=full"], ["run.name"], "a"),
+        ("a", ["run.name=a", "+param=full"], ["run.name", "param"], "a-param=full"),
+        ("default", ["data.source=/x/y z.txt"], ["data.source"], "default-data.source=_x_y_z.txt"),
+        ("default", ["train.steps=5"], [], "default-job3"),
+        ("default", ["train.seed=" + "1" * 200], ["train.seed"], "default-job3"),
+    ],
+)
 def test_sweep_run_name(base, job, swept, want):
     assert sweep_run_name(base, job, swept, 3) == want
 
 
-@pytest.mark.parametrize("codes, want", [([0], 0), ([2], 2), ([0, 0], 0), ([0, 2, 1], 2), ([75, 0], 75), ([75, 1], 1),
-                                         ([], 0)])
+@pytest.mark.parametrize(
+    "codes, want", [([0], 0), ([2], 2), ([0, 0], 0), ([0, 2, 1], 2), ([75, 0], 75), ([75, 1], 1), ([], 0)]
+)
 def test_job_log_exit_code(codes, want):
     log = JobLog()
     for i, code in enumerate(codes):
@@ -93,15 +104,24 @@ def test_sweep_runs_every_job_in_its_own_directory(tmp_path):
     (8 is not a multiple of 3). Each good job trains in its own directory, exactly as it does alone."""
     runs, cache = tmp_path / "runs", cache_dir(tmp_path)
     common = [*FAST, "train.steps=3", f"run.out_dir={runs}", f"data.cache_dir={cache}"]
-    sweep = subprocess.run(train_command(["-m", *common, "param=full,sltrain", "train.micro_batch_size=2,3"]),
-                           cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=600)
+    sweep = subprocess.run(
+        train_command(["-m", *common, "param=full,sltrain", "train.micro_batch_size=2,3"]),
+        cwd=tmp_path,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert sweep.returncode == 2, sweep.stderr[-3000:]
     assert "sweep: 2 of 4 job(s) finished" in sweep.stdout, sweep.stdout[-3000:]
     errors = [line for line in sweep.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("make it a multiple of 3" in e for e in errors) and "Traceback" not in sweep.stderr
     made = sorted(p.name for p in runs.iterdir())
-    assert made == [".sweeps", "default-param=full,train.micro_batch_size=2",
-                    "default-param=sltrain,train.micro_batch_size=2"]
+    assert made == [
+        ".sweeps",
+        "default-param=full,train.micro_batch_size=2",
+        "default-param=sltrain,train.micro_batch_size=2",
+    ]
     assert list(runs.glob(".sweeps/*/multirun.yaml"))  # Hydra's sweep record; nothing in the working directory
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
     for name in made[1:]:
@@ -109,8 +129,14 @@ def test_sweep_runs_every_job_in_its_own_directory(tmp_path):
     saved = yaml.safe_load((runs / made[2] / "config.yaml").read_text())
     assert saved["param"] == {"name": "sltrain", "rank": 16, "alpha": 4.0, "delta": 0.03, "b_init": "zero"}  # resolved
 
-    alone = subprocess.run(train_command(["param=sltrain", "run.name=alone", *common]), cwd=tmp_path, env=train_env(),
-                           capture_output=True, text=True, timeout=600)
+    alone = subprocess.run(
+        train_command(["param=sltrain", "run.name=alone", *common]),
+        cwd=tmp_path,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
 
     def losses(name):

@@ -1,4 +1,5 @@
 """train.compile: each block compiled whole (custom autograd functions included), same keys, same numbers."""
+
 import copy
 
 import pytest

@@ -1,14 +1,12 @@
 """Bad input gets a one-line error naming what to change, before any expensive work."""
+
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from tests.helpers import ROOT, compose, train_command, train_env
-
 import train
+from tests.helpers import ROOT, compose, train_command, train_env
 
 
 def run_in_process(tmp_path, overrides):
@@ -40,7 +38,9 @@ def test_unknown_model_size(tmp_path):
 
 
 def test_batch_not_divisible(tmp_path):
-    with pytest.raises(ValueError, match=r"global_batch_size=10 is not divisible by micro_batch_size x world_size = 4 x 1"):
+    with pytest.raises(
+        ValueError, match=r"global_batch_size=10 is not divisible by micro_batch_size x world_size = 4 x 1"
+    ):
         run_in_process(tmp_path, ["train.global_batch_size=10", "train.micro_batch_size=4"])
 
 
@@ -71,27 +71,42 @@ def test_bad_enum_value(tmp_path):
         run_in_process(tmp_path, ["train.zero_stage=3"])
 
 
-@pytest.mark.parametrize("override, message", [("train.verify_checkpoint=sha", r"train.verify_checkpoint: 'sha' is not full, sizes or off"),
-                                               ("train.peak_tflops=-1", r"train.peak_tflops: must be >= 0")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.verify_checkpoint=sha", r"train.verify_checkpoint: 'sha' is not full, sizes or off"),
+        ("train.peak_tflops=-1", r"train.peak_tflops: must be >= 0"),
+    ],
+)
 def test_bad_gpu_path_values(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         run_in_process(tmp_path, [override])
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.save_every=0"], r"^train.save_every=0: must be a positive number of steps \(to do it only at the end, set it to train.steps\)$"),
-    (["train.eval_every=0"], r"^train.eval_every=0: must be a positive"),
-    (["train.log_every=-1"], r"^train.log_every=-1: must be a positive"),
-    (["train.stop_at=-3"], r"^train.stop_at=-3: must be >= 0"),
-    (["train.steps=10", "train.stop_at=11"], r"^train.stop_at=11: is past train.steps=10, so it would never stop the run"),
-    (["train.eval_batches=-1"], r"^train.eval_batches=-1: must be >= 0 \(0: no evaluation\)"),
-    (["train.max_time=-5"], r"^train.max_time=-5.0: must be >= 0"),
-    (["train.threads=-1"], r"^train.threads=-1: must be >= 0"),
-    (["train.grad_clip=-1"], r"^train.grad_clip=-1.0: must be >= 0"),
-    (["train.min_lr_ratio=2"], r"^train.min_lr_ratio=2.0: must be in \[0, 1\]"),
-    (["train.micro_batch_size=0"], r"^train.micro_batch_size=0: must be positive"),
-    (["model.vocab_size=0"], r"^model.vocab_size=0: must be positive"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["train.save_every=0"],
+            r"^train.save_every=0: must be a positive number of steps \(to do it only at the end, set it to "
+            r"train.steps\)$",
+        ),
+        (["train.eval_every=0"], r"^train.eval_every=0: must be a positive"),
+        (["train.log_every=-1"], r"^train.log_every=-1: must be a positive"),
+        (["train.stop_at=-3"], r"^train.stop_at=-3: must be >= 0"),
+        (
+            ["train.steps=10", "train.stop_at=11"],
+            r"^train.stop_at=11: is past train.steps=10, so it would never stop the run",
+        ),
+        (["train.eval_batches=-1"], r"^train.eval_batches=-1: must be >= 0 \(0: no evaluation\)"),
+        (["train.max_time=-5"], r"^train.max_time=-5.0: must be >= 0"),
+        (["train.threads=-1"], r"^train.threads=-1: must be >= 0"),
+        (["train.grad_clip=-1"], r"^train.grad_clip=-1.0: must be >= 0"),
+        (["train.min_lr_ratio=2"], r"^train.min_lr_ratio=2.0: must be in \[0, 1\]"),
+        (["train.micro_batch_size=0"], r"^train.micro_batch_size=0: must be positive"),
+        (["model.vocab_size=0"], r"^model.vocab_size=0: must be positive"),
+    ],
+)
 def test_counts_that_would_divide_by_zero_or_never_happen(overrides, message):
     with pytest.raises(ValueError, match=message):
         train.load_config(compose(overrides))
@@ -106,7 +121,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     args = [f"run.out_dir={tmp_path}", "train.global_batch_size=10", "train.micro_batch_size=4"]
     proc = subprocess.run(train_command(args), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "make it a multiple of 4" in errors[0]
     assert "Traceback" not in proc.stderr
 
@@ -122,12 +137,12 @@ def all_group_options():
 @pytest.mark.parametrize("group,name", list(all_group_options()))
 def test_every_strategy_composes_and_builds(group, name):
     import torch
+    from omegaconf import OmegaConf
 
     from models import Llama, shape_for
     from trainer.config import resolve
     from trainer.registry import AGG, OPTIM, PARAM, config_name
     from trainer.strategy import BuildContext
-    from omegaconf import OmegaConf
 
     cfg = resolve(OmegaConf.to_object(compose([f"{group}={name}"])))
     assert config_name(getattr(cfg, group)) == name
@@ -143,9 +158,9 @@ def test_every_strategy_composes_and_builds(group, name):
 @pytest.mark.parametrize("size", ["debug", "20m", "60m", "130m", "350m", "1b", "7b"])
 def test_every_model_size_builds_on_meta(size):
     import torch
+    from omegaconf import OmegaConf
 
     from models import Llama, shape_for
-    from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_object(compose([f"model.size={size}"]))
     with torch.device("meta"):
@@ -158,6 +173,8 @@ def test_unknown_hub_dataset_fails_fast(tmp_path, monkeypatch):
     from trainer.config import DataConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match=r"data.source='no_such_user/no_such_corpus' is neither a local file nor .*'builtin'") as e:
+    with pytest.raises(
+        ValueError, match=r"data.source='no_such_user/no_such_corpus' is neither a local file nor .*'builtin'"
+    ) as e:
         corpus.check_source(DataConfig(source="no_such_user/no_such_corpus"))
     assert "\n" not in str(e.value)

@@ -1,4 +1,5 @@
 """What a local data.source names, and the cheap look at each file before any work: each problem in one line."""
+
 import pytest
 
 from trainer import corpus
@@ -12,8 +13,11 @@ def check(source, **kw):
 def test_a_folder_without_text_files_says_so(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "table.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"data.source=.*data' is a folder with no .*\.jsonl.*\.txt file in it "
-                                         r"\(it holds 1 other file\(s\), e.g. table.csv\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.source=.*data' is a folder with no .*\.jsonl.*\.txt file in it "
+        r"\(it holds 1 other file\(s\), e.g. table.csv\)",
+    ):
         check(tmp_path / "data")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"is a folder with no .* file in it \(it is empty\)"):
@@ -35,11 +39,14 @@ def test_a_folder_reads_its_text_files_below(tmp_path):
     assert list(corpus.documents(DataConfig(source=str(tmp_path / "d")))) == ["first", "second"]
 
 
-@pytest.mark.parametrize("name, content", [
-    ("bin.txt", bytes(range(256))),
-    ("utf16.txt", "text in UTF-16".encode("utf-16")),
-    ("bin.jsonl", b'{"text": "a"}\n\x00\x01\x02'),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("bin.txt", bytes(range(256))),
+        ("utf16.txt", "text in UTF-16".encode("utf-16")),
+        ("bin.jsonl", b'{"text": "a"}\n\x00\x01\x02'),
+    ],
+)
 def test_binary_files_are_named(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=rf"data.source: .*{name} looks binary \(a NUL byte at offset \d+\)"):

@@ -1,4 +1,5 @@
 """Data pipeline: local sources, packing with EOS, the cache, disjoint per-rank batches; data errors in one line."""
+
 import contextlib
 import json
 import os
@@ -11,8 +12,10 @@ import pytest
 from trainer import corpus, data
 from trainer.config import DataConfig
 
-DOCS = [f"Document number {i} talks about topic {i % 7} with some words: " + "lorem ipsum dolor sit amet " * (5 + i % 4)
-        for i in range(300)]
+DOCS = [
+    f"Document number {i} talks about topic {i % 7} with some words: " + "lorem ipsum dolor sit amet " * (5 + i % 4)
+    for i in range(300)
+]
 
 
 def write_source(tmp_path, fmt: str):
@@ -65,7 +68,11 @@ def test_second_prepare_uses_the_cache(tmp_path, monkeypatch):
 def test_cache_key_changes_with_seq_len_and_text(tmp_path):
     source = write_source(tmp_path, "txt")
     a = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
-    b = data.prepare(DataConfig(source=str(source), vocab_size=300, seq_len=32, cache_dir=str(tmp_path / "cache")), True, lambda: None)
+    b = data.prepare(
+        DataConfig(source=str(source), vocab_size=300, seq_len=32, cache_dir=str(tmp_path / "cache")),
+        True,
+        lambda: None,
+    )
     assert a.tokens.filename != b.tokens.filename and a.tokenizer_path == b.tokenizer_path
     source.write_text("\n\n".join(DOCS[:100]))  # the text changed: everything is rebuilt
     c = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
@@ -75,7 +82,9 @@ def test_cache_key_changes_with_seq_len_and_text(tmp_path):
 def test_given_tokenizer_is_used(tmp_path):
     source = write_source(tmp_path, "txt")
     trained = data.prepare(cfg_for(tmp_path, source), True, lambda: None)
-    cfg = DataConfig(source=str(source), tokenizer=trained.tokenizer_path, seq_len=16, cache_dir=str(tmp_path / "other"))
+    cfg = DataConfig(
+        source=str(source), tokenizer=trained.tokenizer_path, seq_len=16, cache_dir=str(tmp_path / "other")
+    )
     assert data.prepare(cfg, True, lambda: None).tokenizer_path == trained.tokenizer_path
 
 
@@ -125,14 +134,20 @@ def test_text_documents_are_paragraphs_with_newlines_kept(tmp_path):
     source = tmp_path / "mixed.txt"
     source.write_text(f"{PROSE}\n\n{CODE}\n \t\n\n{PROSE}\n")  # a whitespace-only line also separates
     assert list(corpus.documents(cfg_for(tmp_path, source))) == [PROSE, CODE, PROSE]
-    assert list(corpus.documents(cfg_for(tmp_path, source, text_documents="file"))) == [f"{PROSE}\n\n{CODE}\n \t\n\n{PROSE}"]
+    assert list(corpus.documents(cfg_for(tmp_path, source, text_documents="file"))) == [
+        f"{PROSE}\n\n{CODE}\n \t\n\n{PROSE}"
+    ]
 
 
 def test_round_trip_keeps_code_and_paragraphs(tmp_path):
     """decode(encode(text)) == text: identity normalization, whitespace kept, byte fallback for the rest."""
     source = tmp_path / "corpus.txt"
     source.write_text("\n\n".join([CODE, PROSE] * 20 + DOCS))
-    c = data.prepare(DataConfig(source=str(source), vocab_size=400, seq_len=16, cache_dir=str(tmp_path / "cache")), True, lambda: None)
+    c = data.prepare(
+        DataConfig(source=str(source), vocab_size=400, seq_len=16, cache_dir=str(tmp_path / "cache")),
+        True,
+        lambda: None,
+    )
     sp = data.load_tokenizer(c.tokenizer_path)
     for text in [CODE, PROSE, "  leading and trailing  ", "naïve café 日本語 😀", "x\n\n\ny", "1234567"]:
         assert sp.decode(sp.encode(text)) == text
@@ -146,8 +161,9 @@ def test_a_tokenizer_without_eos_is_refused(tmp_path):
     import sentencepiece as spm
 
     source = write_source(tmp_path, "txt")
-    spm.SentencePieceTrainer.train(input=str(source), model_prefix=str(tmp_path / "noeos"), vocab_size=60,
-                                   eos_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(source), model_prefix=str(tmp_path / "noeos"), vocab_size=60, eos_id=-1, minloglevel=2
+    )
     cfg = cfg_for(tmp_path, source, tokenizer=str(tmp_path / "noeos.model"))
     with pytest.raises(ValueError, match=r"data.tokenizer=.* has no EOS piece"):
         data.prepare(cfg, True, lambda: None)
@@ -170,16 +186,23 @@ def test_waiting_ranks_show_the_main_ranks_progress_and_its_failure(tmp_path, mo
     assert any("ETA 0m09s" in line for line in lines) and all("tokenize the corpus" in line for line in lines)
 
     late = tmp_path / "other.bin.json"
-    threading.Timer(0.2, lambda: (tmp_path / "other.bin.json.failed").write_text("data.source='x' contains no text")).start()
-    with pytest.raises(ValueError, match="the main rank failed to tokenize the corpus: data.source='x' contains no text"):
+    threading.Timer(
+        0.2, lambda: (tmp_path / "other.bin.json.failed").write_text("data.source='x' contains no text")
+    ).start()
+    with pytest.raises(
+        ValueError, match="the main rank failed to tokenize the corpus: data.source='x' contains no text"
+    ):
         data.wait_for(str(late), "tokenize the corpus", poll_s=0.02, log=lambda *a, **k: None)
 
 
 def test_a_corpus_too_small_for_the_vocabulary_names_data_vocab_size(tmp_path):
     (tmp_path / "tiny.txt").write_text("hello you\n")
     cfg = DataConfig(source=str(tmp_path / "tiny.txt"), vocab_size=512, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match=r"^data.vocab_size=512: data.source=.*tiny.txt' is too small for it \(its text makes "
-                                         r"at most (\d+) pieces\); set data.vocab_size<=\1 or use more text$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^data.vocab_size=512: data.source=.*tiny.txt' is too small for it \(its text makes "
+        r"at most (\d+) pieces\); set data.vocab_size<=\1 or use more text$",
+    ):
         data.prepare(cfg, True, lambda: None)
     assert not list((tmp_path / "cache").glob("tokenizer-*.model"))  # nothing cached
 
@@ -188,7 +211,9 @@ def test_a_bad_row_met_while_training_the_tokenizer_is_named(tmp_path):
     """sentencepiece reads the rows through a callback; the row's own error comes out, not sentencepiece's."""
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps({"text": d}) for d in DOCS[:150]) + '\n{"text": {"nested": 1}}\n')
-    with pytest.raises(ValueError, match=r"^data.text_field='text' of .*c.jsonl line 151 holds \{'nested': 1\} \(type dict\)"):
+    with pytest.raises(
+        ValueError, match=r"^data.text_field='text' of .*c.jsonl line 151 holds \{'nested': 1\} \(type dict\)"
+    ):
         data.prepare(cfg_for(tmp_path, path), True, lambda: None)
     assert not list((tmp_path / "cache").glob("tokenizer-*.model"))
 

@@ -1,4 +1,5 @@
 """A full disk is recognised however torch reports it, and becomes one ValueError naming the path."""
+
 import errno
 import os
 import shutil
@@ -29,13 +30,16 @@ def test_torch_save_into_a_full_file_is_recognised(tmp_path):
     assert diskfull.disk_full_reason(e.value, str(tmp_path)) == os.strerror(errno.ENOSPC)
 
 
-@pytest.mark.parametrize("error, full", [
-    (enospc(), True),
-    (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), True),
-    (OSError(errno.EACCES, "Permission denied"), False),
-    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), False),  # disk has room
-    (RuntimeError("CUDA out of memory"), False),
-])
+@pytest.mark.parametrize(
+    "error, full",
+    [
+        (enospc(), True),
+        (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), True),
+        (OSError(errno.EACCES, "Permission denied"), False),
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), False),  # disk has room
+        (RuntimeError("CUDA out of memory"), False),
+    ],
+)
 def test_disk_full_reason(tmp_path, error, full):
     assert (diskfull.disk_full_reason(error, str(tmp_path)) is not None) == full
 
@@ -54,12 +58,17 @@ def test_stops_the_run_cleans_up_and_names_the_path(tmp_path):
             raise enospc()
     assert cleaned == [True]
     message = str(e.value)
-    assert message.startswith("disk full (No space left on device) at /some/where/file while doing it") and "\n" not in message
+    assert (
+        message.startswith("disk full (No space left on device) at /some/where/file while doing it")
+        and "\n" not in message
+    )
     assert e.value.__cause__ is None and e.value.__suppress_context__  # one line, no chained traceback
 
 
 def test_the_file_the_error_names_is_the_place(tmp_path):
-    with pytest.raises(ValueError, match=r"^disk full \(No space left on device\) at /cache/tokens.bin while training;"):
+    with pytest.raises(
+        ValueError, match=r"^disk full \(No space left on device\) at /cache/tokens.bin while training;"
+    ):
         with diskfull.stops_the_run("/runs/x", "training"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/cache/tokens.bin")
 

@@ -1,4 +1,5 @@
 """The engine's collectives on every backend, and its per-stage accounting."""
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,7 +13,9 @@ def backend_init_picks(monkeypatch, device: torch.device) -> str:
     seen = {}
     monkeypatch.setattr(tdist.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(tdist, "export_torch_env", lambda env: None)
-    monkeypatch.setattr(tdist.deepspeed, "init_distributed", lambda dist_backend, **kw: seen.setdefault("backend", dist_backend))
+    monkeypatch.setattr(
+        tdist.deepspeed, "init_distributed", lambda dist_backend, **kw: seen.setdefault("backend", dist_backend)
+    )
     tdist.init_distributed(DistEnv(0, 0, 2, "127.0.0.1", 29500, "torchrun", None), device)
     return seen["backend"]
 
@@ -29,12 +32,18 @@ class Recorder:
 
     def __init__(self, monkeypatch, backend: str):
         self.backend, self.served, self.calls = backend, served(backend), []
-        for name, value in {"is_initialized": lambda: True, "get_world_size": lambda group=None: 2,
-                            "get_rank": lambda group=None: 0, "get_backend": lambda group=None: backend}.items():
+        for name, value in {
+            "is_initialized": lambda: True,
+            "get_world_size": lambda group=None: 2,
+            "get_rank": lambda group=None: 0,
+            "get_backend": lambda group=None: backend,
+        }.items():
             monkeypatch.setattr(dist, name, value)
         monkeypatch.setattr(dist, "all_reduce", lambda t, op=None, group=None: self.record("all_reduce", t.device.type))
         for name in ("broadcast_object_list", "gather_object", "all_gather_object"):
-            monkeypatch.setattr(dist, name, lambda *a, _name=name, device=None, **kw: self.record(_name, self.object_device(device)))
+            monkeypatch.setattr(
+                dist, name, lambda *a, _name=name, device=None, **kw: self.record(_name, self.object_device(device))
+            )
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
 
     def object_device(self, device) -> str:
@@ -81,8 +90,10 @@ def test_collectives_on_a_cpu_run_use_gloo(monkeypatch):
     assert all(device == "cpu" and ok for _, device, ok in recorder.calls), recorder.calls
 
 
-@pytest.mark.parametrize("backend, device", [("nccl", torch.device("cuda", 0)), ("cpu:gloo,cuda:nccl", torch.device("cpu")),
-                                             ("gloo", torch.device("cpu"))])
+@pytest.mark.parametrize(
+    "backend, device",
+    [("nccl", torch.device("cuda", 0)), ("cpu:gloo,cuda:nccl", torch.device("cpu")), ("gloo", torch.device("cpu"))],
+)
 def test_host_values_go_where_the_group_serves_them(monkeypatch, backend, device):
     """A group someone else created with `nccl` alone gets its scalars on the GPU instead."""
     monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
@@ -90,8 +101,10 @@ def test_host_values_go_where_the_group_serves_them(monkeypatch, backend, device
     assert tdist.collective_device() == device
 
 
-@pytest.mark.parametrize("backend, devices", [("nccl", {"cuda"}), ("gloo", {"cpu"}), ("cpu:gloo", {"cpu"}),
-                                              ("cpu:gloo,cuda:nccl", {"cpu", "cuda"})])
+@pytest.mark.parametrize(
+    "backend, devices",
+    [("nccl", {"cuda"}), ("gloo", {"cpu"}), ("cpu:gloo", {"cpu"}), ("cpu:gloo,cuda:nccl", {"cpu", "cuda"})],
+)
 def test_served_devices(backend, devices):
     assert tdist.served_devices(backend) == served(backend) == devices
 
@@ -128,7 +141,13 @@ def _reset_stages_worker(rank, world_size):
     zero0 = _updates_after_reset(rank, 0)
     for stage in (1, 2):
         for step, (got, want) in enumerate(zip(_updates_after_reset(rank, stage), zero0)):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=lambda m: f"ZeRO-{stage}, update {step + 1} after the reset: {m}")
+            torch.testing.assert_close(
+                got,
+                want,
+                rtol=1e-5,
+                atol=1e-7,
+                msg=lambda m, stage=stage, step=step: f"ZeRO-{stage}, update {step + 1} after the reset: {m}",
+            )
 
 
 @pytest.mark.slow
@@ -161,8 +180,11 @@ class GradientCensus:
             tensors += [zero.grads_in_partition, *[p.grad for p in zero.single_partition_of_fp32_groups]]
             for lists in (zero.averaged_gradients, zero.all_grad_tensors):
                 tensors += [t for v in lists.values() for t in (v or [])]
-            buckets = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                       for b in zero.ipg_buckets.values() for t in b.buffer}
+            buckets = {
+                t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for b in zero.ipg_buckets.values()
+                for t in b.buffer
+            }
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None}
         self.grads.append(sum(n for ptr, n in storages.items() if ptr not in buckets))
         self.buckets.append(sum(buckets.values()))
@@ -184,15 +206,25 @@ def _grad_bytes_worker(rank, world_size, stages, bucket):
         zero = {"stage": stage, **({"reduce_bucket_size": bucket} if bucket else {})}
         config = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "zero_optimization": zero}
         engine = Engine.__new__(Engine)  # only the accounting: no Config needed
-        engine.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
+        engine.ds, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=config, dist_init_required=False
+        )
         census = GradientCensus(engine.ds, model, optimizer)
         for _ in range(2):  # gradient accumulation: 2 micro-batches per step
             engine.ds.backward(engine.ds(torch.randn(2, 32)).square().sum())
             engine.ds.step()
         # A gradient autograd has just produced may still sit in its own storage while a bucket is reduced.
         in_flight = max(p.numel() * p.element_size() for p in model.parameters())
-        assert engine.grad_bytes() <= max(census.grads) <= engine.grad_bytes() + in_flight, (stage, engine.grad_bytes(), census.grads)
-        assert engine.grad_bucket_bytes() == max(census.buckets), (stage, engine.grad_bucket_bytes(), max(census.buckets))
+        assert engine.grad_bytes() <= max(census.grads) <= engine.grad_bytes() + in_flight, (
+            stage,
+            engine.grad_bytes(),
+            census.grads,
+        )
+        assert engine.grad_bucket_bytes() == max(census.buckets), (
+            stage,
+            engine.grad_bucket_bytes(),
+            max(census.buckets),
+        )
 
 
 @pytest.mark.slow

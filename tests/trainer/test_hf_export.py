@@ -1,4 +1,5 @@
 """The q/k row permutation against a slow per-row reference, and the key mapping covers the whole model."""
+
 import torch
 
 from models import Llama, shape_for
@@ -35,7 +36,7 @@ def test_permuted_rotary_gives_the_same_scores():
     def halves(w):
         y = (x @ hf_export.permute_rotary(w, heads).T).view(1, seq, heads, head_dim)
         c, s = torch.cat([cos, cos], -1)[None, :, None], torch.cat([sin, sin], -1)[None, :, None]
-        rotated = torch.cat([-y[..., head_dim // 2:], y[..., : head_dim // 2]], -1)
+        rotated = torch.cat([-y[..., head_dim // 2 :], y[..., : head_dim // 2]], -1)
         return y * c + rotated * s
 
     scores = torch.einsum("bqhd,bkhd->bhqk", project(wq), project(wk))
@@ -46,5 +47,10 @@ def test_every_key_has_a_transformers_name():
     model = Llama(shape_for("debug"), 100, 64)
     names = {hf_export.hf_key(k) for k in model.state_dict()}
     assert len(names) == len(model.state_dict())
-    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
-            "model.layers.1.self_attn.q_proj.weight", "model.layers.0.post_attention_layernorm.weight"} <= names
+    assert {
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "model.norm.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+    } <= names

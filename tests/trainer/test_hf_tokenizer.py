@@ -1,4 +1,5 @@
 """The written tokenizer.json tokenizes and decodes exactly as sentencepiece, for BPE and unigram models."""
+
 import json
 
 import pytest
@@ -9,23 +10,51 @@ from trainer.config import DataConfig
 
 transformers = pytest.importorskip("transformers", reason="transformers is in the dev extra: pip install -e '.[dev]'")
 
-TRICKY = ["def f(x):\n    return  x", "  two leading", "x  ", "", " ", "\n", "1234567 digits", "tab\there",
-          "<s> literal specials </s> <unk> <0x41>", "naïve café 日本語 😀", "\u2581 the space symbol"]
+TRICKY = [
+    "def f(x):\n    return  x",
+    "  two leading",
+    "x  ",
+    "",
+    " ",
+    "\n",
+    "1234567 digits",
+    "tab\there",
+    "<s> literal specials </s> <unk> <0x41>",
+    "naïve café 日本語 😀",
+    "\u2581 the space symbol",
+]
 
 
 def train(tmp_path, model_type: str, **options) -> str:
     docs = corpus.documents(DataConfig())
     lines = [line for _, doc in zip(range(300), docs) for line in doc.splitlines() if line.strip()]
     prefix = str(tmp_path / model_type)
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, vocab_size=600, model_type=model_type,
-                                   byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, **options)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=prefix,
+        vocab_size=600,
+        model_type=model_type,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+        **options,
+    )
     return prefix + ".model"
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])
 def test_hf_ids_equal_sentencepiece(tmp_path, model_type):
-    path = train(tmp_path, model_type, normalization_rule_name="identity", remove_extra_whitespaces=False,
-                 split_digits=True, allow_whitespace_only_pieces=True)
+    path = train(
+        tmp_path,
+        model_type,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+    )
     out = tmp_path / "hf"
     out.mkdir()
     ids = hf_tokenizer.write_tokenizer(path, str(out), 128)

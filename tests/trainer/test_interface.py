@@ -1,4 +1,5 @@
 """A new method needs no edit in trainer/: register a toy strategy of each kind here and train with it."""
+
 from __future__ import annotations
 
 import os
@@ -110,7 +111,10 @@ def toy_strategies():
 
     PARAM.register("toy_param", ToyParamConfig)(lambda cfg, ctx: keep("param", ToyParam(cfg, ctx)))
     OPTIM.register("toy_sgd", ToyOptimConfig)(
-        lambda cfg, model, ctx: keep("optim", ToySGD([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum)))
+        lambda cfg, model, ctx: keep(
+            "optim", ToySGD([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.momentum)
+        )
+    )
     AGG.register("toy_mean", ToyAggConfig)(lambda cfg, ctx: keep("agg", ToyMean(cfg, ctx)))
     yield built
     for registry, name in ((PARAM, "toy_param"), (OPTIM, "toy_sgd"), (AGG, "toy_mean")):
@@ -125,8 +129,18 @@ def test_toy_strategies_train_without_trainer_edits(tmp_path, toy_strategies, mo
         monkeypatch.setenv(key, "")  # train.run exports these in this process; teardown removes them
         monkeypatch.delenv(key)
     cache = os.environ.get("SLIMTRAIN_TEST_CACHE", str(tmp_path / "cache"))
-    overrides = [*FAST, "param=toy_param", "optim=toy_sgd", "agg=toy_mean", "train.steps=12", "train.eval_every=6",
-                 f"run.out_dir={tmp_path / 'runs'}", "run.name=run", f"data.cache_dir={cache}", "log.wandb=offline"]
+    overrides = [
+        *FAST,
+        "param=toy_param",
+        "optim=toy_sgd",
+        "agg=toy_mean",
+        "train.steps=12",
+        "train.eval_every=6",
+        f"run.out_dir={tmp_path / 'runs'}",
+        "run.name=run",
+        f"data.cache_dir={cache}",
+        "log.wandb=offline",
+    ]
     assert train.run(compose(overrides)) == 0
 
     assert toy_strategies["param"].calls == 12

@@ -1,4 +1,5 @@
 """The run directory's lock: one holder, named when refused; stale locks taken over; only the main rank touches it."""
+
 import json
 import os
 import socket

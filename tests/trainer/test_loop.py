@@ -1,4 +1,5 @@
 """End to end through torchrun and DeepSpeed: ZeRO stages, exact resume, resume after SIGKILL, bad input."""
+
 import os
 import signal
 import subprocess
@@ -50,15 +51,21 @@ def test_resume_is_bitwise_exact(tmp_path, straight):
     assert first.returncode == 1 and "exitcode  : 75" in first.stderr, first.stderr[-3000:]
     assert max(losses_by_step(metrics(tmp_path))) == STEPS // 2
     second = run_train(tmp_path, RESUME, nproc=2)
-    assert f"resumed from" in second.stdout and f"step {STEPS // 2}" in second.stdout
+    assert "resumed from" in second.stdout and f"step {STEPS // 2}" in second.stdout
     assert losses_by_step(metrics(tmp_path)) == straight  # float equality: bitwise
     assert logged_once(metrics(tmp_path))
 
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, straight):
     args = [*FAST, *RESUME, f"run.out_dir={tmp_path / 'runs'}", "run.name=run", f"data.cache_dir={cache_dir(tmp_path)}"]
-    proc = subprocess.Popen(train_command(args, 2), cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        train_command(args, 2),
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     ckpts = tmp_path / "runs" / "run" / "checkpoints"
     deadline = time.time() + 300
     while not (ckpts / "step_0000020").exists() and proc.poll() is None and time.time() < deadline:

@@ -1,31 +1,46 @@
 """The low-memory modes end to end through train.py and DeepSpeed: pure bf16, 8-bit states, the step inside
 backward. Refused combinations stop with one line and exit code 2 before any work."""
+
 import subprocess
 
 import pytest
 
-from tests.helpers import ROOT, compose, losses_by_step, metrics, run_train, train_command, train_env
-
 import train
+from tests.helpers import ROOT, compose, losses_by_step, metrics, run_train, train_command, train_env
 
 LOW = ["train.precision=pure_bf16", "optim.state_dtype=int8", "optim.step_in_backward=true"]
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["optim.step_in_backward=true", "agg=median"], r"agg=median .* needs every worker's whole gradient; use agg=mean"),
-    (["optim.step_in_backward=true", "agg=flag"], r"agg=flag .*use agg=mean or optim.step_in_backward=false"),
-    (["optim.step_in_backward=true", "faults.byzantine_ranks=[1]"], r"fault injection"),
-    (["optim.step_in_backward=true", "train.zero_stage=2"], r"step_in_backward=true needs train.zero_stage=0"),
-    (["optim.step_in_backward=true", "train.grad_clip=1.0"], r"cannot clip; set train.grad_clip=0"),
-    (["optim=dct_adamw", "optim.step_in_backward=true", "optim.zero=1"], r"set optim.zero=0 or optim.step_in_backward=false"),
-    (["optim=galore_torch", "optim.state_dtype=int8"], r"optim=galore_torch keeps fp32 states .* optim=galore_adamw"),
-    (["optim=galore_torch", "optim.step_in_backward=true"], r"use optim=galore_adamw"),
-    (["optim.state_dtype=int4"], r"optim.state_dtype='int4' is not one of fp32, bf16, int8"),
-    (["optim.state_dtype=int8", "train.zero_stage=1"], r"optim.state_dtype=int8 needs train.zero_stage=0"),
-    (["train.precision=pure_bf16", "train.zero_stage=2"], r"pure_bf16 needs train.zero_stage=0"),
-    (["train.precision=bf16"], r"train.precision=bf16 is ambiguous; use amp_bf16 .* or pure_bf16"),
-    (["train.activation_checkpointing=some"], r"train.activation_checkpointing: 'some' is not none, full or selective"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["optim.step_in_backward=true", "agg=median"],
+            r"agg=median .* needs every worker's whole gradient; use agg=mean",
+        ),
+        (["optim.step_in_backward=true", "agg=flag"], r"agg=flag .*use agg=mean or optim.step_in_backward=false"),
+        (["optim.step_in_backward=true", "faults.byzantine_ranks=[1]"], r"fault injection"),
+        (["optim.step_in_backward=true", "train.zero_stage=2"], r"step_in_backward=true needs train.zero_stage=0"),
+        (["optim.step_in_backward=true", "train.grad_clip=1.0"], r"cannot clip; set train.grad_clip=0"),
+        (
+            ["optim=dct_adamw", "optim.step_in_backward=true", "optim.zero=1"],
+            r"set optim.zero=0 or optim.step_in_backward=false",
+        ),
+        (
+            ["optim=galore_torch", "optim.state_dtype=int8"],
+            r"optim=galore_torch keeps fp32 states .* optim=galore_adamw",
+        ),
+        (["optim=galore_torch", "optim.step_in_backward=true"], r"use optim=galore_adamw"),
+        (["optim.state_dtype=int4"], r"optim.state_dtype='int4' is not one of fp32, bf16, int8"),
+        (["optim.state_dtype=int8", "train.zero_stage=1"], r"optim.state_dtype=int8 needs train.zero_stage=0"),
+        (["train.precision=pure_bf16", "train.zero_stage=2"], r"pure_bf16 needs train.zero_stage=0"),
+        (["train.precision=bf16"], r"train.precision=bf16 is ambiguous; use amp_bf16 .* or pure_bf16"),
+        (
+            ["train.activation_checkpointing=some"],
+            r"train.activation_checkpointing: 'some' is not none, full or selective",
+        ),
+    ],
+)
 def test_refused_combinations_name_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):
         train.load_config(compose(overrides))
@@ -65,7 +80,9 @@ def test_resume_is_bitwise_with_step_in_backward_and_int8_states(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_with_step_in_backward(tmp_path):
-    run_train(tmp_path, [*LOW, "train.steps=16", "train.eval_every=16", "train.global_batch_size=4"], nproc=2)  # no accumulation
+    run_train(
+        tmp_path, [*LOW, "train.steps=16", "train.eval_every=16", "train.global_batch_size=4"], nproc=2
+    )  # no accumulation
     records = metrics(tmp_path)
     vals = [r["val/loss"] for r in records if "val/loss" in r]
     assert vals[-1] < vals[0] - 0.3, vals

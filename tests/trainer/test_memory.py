@@ -1,10 +1,10 @@
 """trainer/memory.py: the fake-tensor estimate equals the same count over real CPU tensors, to the byte."""
+
 import json
 import subprocess
 import sys
 
 import pytest
-import torch
 
 from models import shape_for
 from optim import lowbit, projectors
@@ -66,10 +66,18 @@ def test_auto_device_estimates_the_gpu_job():
     assert memory.estimate([*SMALL[:3]]).vocab_size == memory.LLAMA_VOCAB
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("24GiB", 24 * 2**30), ("16GB", 16 * 10**9), ("1.5TiB", int(1.5 * 2**40)), ("123", 123), ("512 MiB", 512 * 2**20),
-    ("2gb", 2 * 10**9), ("100B", 100),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("24GiB", 24 * 2**30),
+        ("16GB", 16 * 10**9),
+        ("1.5TiB", int(1.5 * 2**40)),
+        ("123", 123),
+        ("512 MiB", 512 * 2**20),
+        ("2gb", 2 * 10**9),
+        ("100B", 100),
+    ],
+)
 def test_parse_bytes(text, expected):
     assert memory.parse_bytes(text) == expected
 
@@ -91,18 +99,26 @@ def test_budget_verdict(tmp_path, capsys, budget, verdict):
     assert record["budget"] == memory.parse_bytes(budget) and record["bytes"]["total"] > 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train.nope=1"], "train.nope"),
-    (["param=nope"], "nope"),
-    (["model.size=5m"], "model.size"),
-    (["train.zero_stage=1"], "train.zero_stage=0"),
-    (["--budget", "lots"], "--budget"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train.nope=1"], "train.nope"),
+        (["param=nope"], "nope"),
+        (["model.size=5m"], "model.size"),
+        (["train.zero_stage=1"], "train.zero_stage=0"),
+        (["--budget", "lots"], "--budget"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args, message):
-    proc = subprocess.run([sys.executable, "-m", "tools.memory", *args], cwd=ROOT, env=train_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.memory", *args],
+        cwd=ROOT,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert proc.stdout == ""
-

@@ -1,4 +1,5 @@
 """trainer/memtrack.py: the tracked step files every tensor as torch's MemTracker does, with two corrections."""
+
 import pytest
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
@@ -6,8 +7,13 @@ from optim import lowbit, projectors
 from tools import memory
 from trainer import memtrack
 
-SMALL = ["data.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=4", "model.vocab_size=1024",
-         "train.device=cpu"]
+SMALL = [
+    "data.seq_len=32",
+    "train.micro_batch_size=2",
+    "train.global_batch_size=4",
+    "model.vocab_size=1024",
+    "train.device=cpu",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +32,10 @@ def tracked(overrides, tracker, steps=2):
 def test_peak_tracker_counts_as_memtracker(config):
     """PeakTracker drops MemTracker's per-module peaks; the run's peak is the same. (It files DeepSpeed's all-reduce
     buffer as a temporary, where MemTracker says activation.)"""
-    (_, (stock, stock_step)), (_, (ours, our_step)) = tracked(config, MemTracker()), tracked(config, memtrack.PeakTracker())
+    (_, (stock, stock_step)), (_, (ours, our_step)) = (
+        tracked(config, MemTracker()),
+        tracked(config, memtrack.PeakTracker()),
+    )
     merged = {_MemRefType.ACT, _MemRefType.TEMP}
     assert stock_step == our_step and stock["Total"] == ours["Total"] > 0
     assert {k: v for k, v in stock.items() if k not in merged} == {k: v for k, v in ours.items() if k not in merged}

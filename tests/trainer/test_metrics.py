@@ -1,4 +1,5 @@
 """metrics.jsonl across runs in one directory: a fresh run keeps the earlier file, a resumed run logs each step once."""
+
 import builtins
 import errno
 import json
@@ -68,7 +69,11 @@ class FullDiskFile:
 
 
 def full_disk_open(path, mode="r", *args, **kwargs):
-    return FullDiskFile(path, mode, *args, **kwargs) if set(mode) & set("wa") else builtins.open(path, mode, *args, **kwargs)
+    return (
+        FullDiskFile(path, mode, *args, **kwargs)
+        if set(mode) & set("wa")
+        else builtins.open(path, mode, *args, **kwargs)
+    )
 
 
 @pytest.mark.parametrize("when", ["appending", "trimming on resume"])
@@ -91,8 +96,15 @@ def test_only_the_main_rank_touches_the_file(tmp_path):
 
 def test_progress_lines_show_mfu_and_peak_memory(tmp_path, capsys):
     log = open_log(tmp_path)
-    metrics = {"train/loss": 2.0, "train/lr": 1e-3, "train/grad_norm": 1.0, "train/tokens_per_s": 5000.0,
-               "train/step_time_s": 0.1, "train/mfu": 0.4123, "mem/peak_bytes": 3 * 2**30}
+    metrics = {
+        "train/loss": 2.0,
+        "train/lr": 1e-3,
+        "train/grad_norm": 1.0,
+        "train/tokens_per_s": 5000.0,
+        "train/step_time_s": 0.1,
+        "train/mfu": 0.4123,
+        "mem/peak_bytes": 3 * 2**30,
+    }
     log.progress(10, metrics, print_line=True)
     line = capsys.readouterr().out
     assert "5000 tok/s" in line and "mfu 41.2%" in line and "peak_mem 3.00GiB" in line

@@ -1,5 +1,6 @@
 """The checks before any file is written: folders that cannot be written, wandb without a key or a server, a model
 vocabulary smaller than the tokenizer's. Each is one line naming the key."""
+
 import os
 import socket
 import subprocess
@@ -17,14 +18,19 @@ def test_writable_folders_pass_and_nothing_is_left(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the probe folder is gone, nothing made
 
 
-@pytest.mark.parametrize("where, message", [
-    ("file", r"run.out_dir=.*: .*a_file is a file, not a folder; set run.out_dir to a folder path"),
-    ("under_file", r"run.out_dir=.*: .*a_file is a file, not a folder"),
-    ("proc", r"run.out_dir='/proc/slimtrain-x': cannot create folders in /proc"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("file", r"run.out_dir=.*: .*a_file is a file, not a folder; set run.out_dir to a folder path"),
+        ("under_file", r"run.out_dir=.*: .*a_file is a file, not a folder"),
+        ("proc", r"run.out_dir='/proc/slimtrain-x': cannot create folders in /proc"),
+    ],
+)
 def test_unwritable_out_dir(tmp_path, where, message):
     (tmp_path / "a_file").write_text("x")
-    value = {"file": tmp_path / "a_file", "under_file": tmp_path / "a_file" / "runs", "proc": "/proc/slimtrain-x"}[where]
+    value = {"file": tmp_path / "a_file", "under_file": tmp_path / "a_file" / "runs", "proc": "/proc/slimtrain-x"}[
+        where
+    ]
     with pytest.raises(ValueError, match=message):
         preflight.check_writable(str(value), "run.out_dir")
 
@@ -34,11 +40,16 @@ def test_read_only_mount(tmp_path):
     target.mkdir()
     if os.geteuid() != 0:
         target.chmod(0o555)
-    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(target)], capture_output=True).returncode:
+    elif subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(target)], capture_output=True
+    ).returncode:
         pytest.skip("root without permission to mount: no folder here is read-only to us")
     try:
-        with pytest.raises(ValueError, match=r"data.cache_dir=.*: cannot create folders in .*ro \((Read-only file system|"
-                                             r"Permission denied)\); set data.cache_dir to a writable folder"):
+        with pytest.raises(
+            ValueError,
+            match=r"data.cache_dir=.*: cannot create folders in .*ro \((Read-only file system|"
+            r"Permission denied)\); set data.cache_dir to a writable folder",
+        ):
             preflight.check_writable(str(target / "cache"), "data.cache_dir")
     finally:
         if os.geteuid() == 0:
@@ -66,7 +77,9 @@ def no_wandb_env(tmp_path, **extra) -> dict:
 
 def test_wandb_online_without_a_key_fails_fast(tmp_path):
     start = time.perf_counter()
-    with pytest.raises(ValueError, match=r"^log.wandb=online: no wandb API key found; set WANDB_API_KEY .*log.wandb=offline"):
+    with pytest.raises(
+        ValueError, match=r"^log.wandb=online: no wandb API key found; set WANDB_API_KEY .*log.wandb=offline"
+    ):
         preflight.check_wandb(LogConfig(wandb="online"), no_wandb_env(tmp_path))
     assert time.perf_counter() - start < 1.0
 
@@ -79,7 +92,9 @@ def test_wandb_key_from_netrc_then_the_server_is_tried(tmp_path):
     env = no_wandb_env(tmp_path, WANDB_BASE_URL=f"http://127.0.0.1:{port}")
     with pytest.raises(ValueError, match=rf"log.wandb=online: cannot reach the wandb server \(127.0.0.1:{port}: "):
         preflight.check_wandb(LogConfig(wandb="online"), env)
-    preflight.check_wandb(LogConfig(wandb="online"), {**env, "HTTPS_PROXY": "http://proxy:3128"})  # cannot tell: let wandb try
+    preflight.check_wandb(
+        LogConfig(wandb="online"), {**env, "HTTPS_PROXY": "http://proxy:3128"}
+    )  # cannot tell: let wandb try
 
 
 def test_wandb_reachable_server_passes(tmp_path):
@@ -94,7 +109,9 @@ def test_wandb_reachable_server_passes(tmp_path):
 
 def test_model_vocab_below_the_tokenizer():
     cfg = Config(model=ModelConfig(vocab_size=100))
-    with pytest.raises(ValueError, match=r"^model.vocab_size=100 is below the tokenizer's 512 tokens; set model.vocab_size>=512"):
+    with pytest.raises(
+        ValueError, match=r"^model.vocab_size=100 is below the tokenizer's 512 tokens; set model.vocab_size>=512"
+    ):
         preflight.check_vocab(cfg, 512)
     preflight.check_vocab(Config(model=ModelConfig(vocab_size=512)), 512)
     preflight.check_vocab(Config(), 512)

@@ -1,5 +1,6 @@
 """`python -m trainer.prepare` fills the cache train.py reads; a torchrun start waits for a long preparation
 on the cache files, not in a collective that would time out."""
+
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,12 @@ DOCS = "\n\n".join(f"Paragraph {i}: the quick brown fox\n  jumps over  the lazy 
 
 def test_prepare_fills_the_cache_train_reads(tmp_path, monkeypatch, capsys):
     (tmp_path / "c.txt").write_text(DOCS)
-    args = [f"data.source={tmp_path / 'c.txt'}", f"data.cache_dir={tmp_path / 'cache'}", "data.vocab_size=300", "data.seq_len=16"]
+    args = [
+        f"data.source={tmp_path / 'c.txt'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.vocab_size=300",
+        "data.seq_len=16",
+    ]
     assert prepare.main(args) == 0
     out = capsys.readouterr().out
     assert "tokenizer trained in" in out and "M tokens/s" in out and "tokens in" in out
@@ -29,8 +35,10 @@ def test_prepare_fills_the_cache_train_reads(tmp_path, monkeypatch, capsys):
     assert data.prepare(cfg, True, lambda: None).num_train > 0
 
 
-@pytest.mark.parametrize("args, message", [(["data.nope=1"], "nope"), (["source"], "not an override"),
-                                           (["data.source=/no/such/file.txt"], "no such file")])
+@pytest.mark.parametrize(
+    "args, message",
+    [(["data.nope=1"], "nope"), (["source"], "not an override"), (["data.source=/no/such/file.txt"], "no such file")],
+)
 def test_bad_arguments_are_one_line(args, message, capsys):
     assert prepare.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -57,12 +65,25 @@ runpy.run_path(sys.argv[0], run_name="__main__")  # as `python train.py`, so Hyd
 @pytest.mark.slow
 def test_torchrun_start_during_a_long_preparation_does_not_time_out(tmp_path):
     """2 processes, a 4 s collective timeout, rank 0 tokenizing for 12 s: rank 1 waits on the cache file."""
-    overrides = [*FAST, "train.steps=2", "data.max_tokens=60000", f"data.cache_dir={tmp_path / 'cache'}",
-                 f"run.out_dir={tmp_path / 'runs'}", "run.name=slow"]
+    overrides = [
+        *FAST,
+        "train.steps=2",
+        "data.max_tokens=60000",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"run.out_dir={tmp_path / 'runs'}",
+        "run.name=slow",
+    ]
     script = tmp_path / "slow_start.py"
     script.write_text(textwrap.dedent(SLOW_START.format(root=str(ROOT), timeout=4, delay=12, overrides=overrides)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "--max-restarts=0", str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "--max-restarts=0",
+        str(script),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "done: validation loss" in proc.stdout

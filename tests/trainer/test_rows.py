@@ -1,5 +1,6 @@
 """Local JSON / parquet rows: the same texts as Hugging Face `datasets` reads (the reference), and every bad file,
 line or row named in one line."""
+
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from trainer import corpus, rows
 from trainer.config import DataConfig
 
-TEXTS = ["plain", "unicode: naïve café ✓", "  indented\n\tand tabbed\n", "", "quotes \" and \\ backslashes"]
+TEXTS = ["plain", "unicode: naïve café ✓", "  indented\n\tand tabbed\n", "", 'quotes " and \\ backslashes']
 
 
 def reference_texts(path, fmt: str) -> list:
@@ -24,7 +25,9 @@ def ours(path, fmt: str) -> list:
 def test_jsonl_rows_equal_datasets(tmp_path):
     path = tmp_path / "c.jsonl"
     lines = [json.dumps({"text": t, "n": i}) for i, t in enumerate(TEXTS)]
-    path.write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n")  # a blank line is skipped, as datasets does
+    path.write_text(
+        "\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n"
+    )  # a blank line is skipped, as datasets does
     assert ours(path, "json") == reference_texts(path, "json") == TEXTS
 
 
@@ -50,13 +53,16 @@ def test_null_text_is_skipped_not_refused(tmp_path):
     assert list(corpus.documents(cfg)) == ["kept"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"text": "a"}\n{"text": 5}\n', r"data.text_field='text' of .*c.jsonl line 2 holds 5 \(type int\), not text"),
-    ('{"text": "a"}\n\n{"text": \n', r"data.source: .*c.jsonl line 3 is not valid JSON"),
-    ('{"text": "a"}\n[1, 2]\n', r"data.source: .*c.jsonl line 2 holds \[1, 2\] \(type list\), not an object"),
-    ('{"body": "a"}\n', r"data.text_field='text' is not a key of .*c.jsonl line 1 \(keys: body\)"),
-    (b'{"text": "\xff\xfe"}\n', r"data.source: .*c.jsonl line 1 is not valid JSON \('utf-8' codec"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"text": "a"}\n{"text": 5}\n', r"data.text_field='text' of .*c.jsonl line 2 holds 5 \(type int\), not text"),
+        ('{"text": "a"}\n\n{"text": \n', r"data.source: .*c.jsonl line 3 is not valid JSON"),
+        ('{"text": "a"}\n[1, 2]\n', r"data.source: .*c.jsonl line 2 holds \[1, 2\] \(type list\), not an object"),
+        ('{"body": "a"}\n', r"data.text_field='text' is not a key of .*c.jsonl line 1 \(keys: body\)"),
+        (b'{"text": "\xff\xfe"}\n', r"data.source: .*c.jsonl line 1 is not valid JSON \('utf-8' codec"),
+    ],
+)
 def test_bad_jsonl_rows_are_named(tmp_path, content, message):
     path = tmp_path / "c.jsonl"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

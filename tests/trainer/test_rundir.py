@@ -2,6 +2,7 @@
 
 The unit tests call rundir.claim in a world of one; the fault table (test_rundir_faults.py) runs train.py.
 """
+
 import hashlib
 import os
 from pathlib import Path
@@ -13,7 +14,11 @@ from trainer import manifest, rundir
 
 def contents(root: Path) -> dict[str, str]:
     """Every file under root by relative path -> sha256 (moves keep both; mtimes are not compared)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def previous_dirs(run_dir: Path) -> list[Path]:
@@ -65,7 +70,9 @@ def test_a_fresh_run_moves_everything_earlier_aside(tmp_path, cfg, case):
     (run_dir / "metrics.jsonl").write_text('{"step": 4}\n')
     (run_dir / "config.yaml").write_text("earlier: true\n")
     before = contents(run_dir)
-    resume = {"never": "never", "all corrupt": "auto", "another directory's checkpoint": sealed(tmp_path / "y", 9)}[case]
+    resume = {"never": "never", "all corrupt": "auto", "another directory's checkpoint": sealed(tmp_path / "y", 9)}[
+        case
+    ]
     found, lines = claim(run_dir, cfg, resume)
     assert found == (resume if case.startswith("another") else None)
     [previous] = previous_dirs(run_dir)

@@ -1,6 +1,7 @@
 """The run-directory fault table: it runs train.py for real and asserts that nothing is lost: every file an
 earlier run left is still there byte for byte, and the run's own newest checkpoint is the one the next start resumes.
 """
+
 import os
 import shlex
 import shutil
@@ -15,7 +16,6 @@ import pytest
 from tests.helpers import FAST, ROOT, cache_dir, run_train, train_env
 from tests.trainer.test_rundir import contents, previous_dirs
 from trainer import checkpoint, manifest
-
 
 EARLIER = ["train.steps=4", "train.save_every=1"]  # an earlier run that leaves step_3 and step_4 (keep_last=2)
 AGAIN = ["train.steps=6", "train.save_every=1"]  # a run whose first steps are below the earlier run's
@@ -63,7 +63,9 @@ def case_resume_never_in_a_used_directory(tmp_path, earlier_run):
     assert steps(run_dir) == [2, 1]
     assert_kept_aside(run_dir, earlier)
     again = run_train(tmp_path, [*AGAIN, "train.stop_at=3"], name="x", check=False)
-    assert again.returncode == 75 and "resumed from" in again.stdout and "step_0000002 at step 2" in again.stdout, again.stdout
+    assert again.returncode == 75 and "resumed from" in again.stdout and "step_0000002 at step 2" in again.stdout, (
+        again.stdout
+    )
 
 
 def case_every_checkpoint_corrupt(tmp_path, earlier_run):
@@ -80,17 +82,31 @@ def case_every_checkpoint_corrupt(tmp_path, earlier_run):
 def case_two_runs_with_one_name(tmp_path, earlier_run):
     """A real second process while the first one runs: it stops, names the holder, and touches nothing."""
     run_dir = tmp_path / "runs" / "x"
-    args = [*FAST, f"run.out_dir={tmp_path / 'runs'}", "run.name=x", f"data.cache_dir={cache_dir(tmp_path)}",
-            "train.steps=1000000", "train.save_every=1000000"]
+    args = [
+        *FAST,
+        f"run.out_dir={tmp_path / 'runs'}",
+        "run.name=x",
+        f"data.cache_dir={cache_dir(tmp_path)}",
+        "train.steps=1000000",
+        "train.save_every=1000000",
+    ]
     with open(tmp_path / "first.out", "w") as out:
-        first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=train_env(), stdout=out, stderr=out)
+        first = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=train_env(), stdout=out, stderr=out
+        )
     try:
         deadline = time.monotonic() + 300
         while "step 0:" not in (tmp_path / "first.out").read_text():
             assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.out").read_text()[-3000:]
             time.sleep(0.2)
-        second = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "train.steps=20"], cwd=ROOT, env=train_env(),
-                                capture_output=True, text=True, timeout=300)  # a few steps: ends soon if let in
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *args, "train.steps=20"],
+            cwd=ROOT,
+            env=train_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )  # a few steps: ends soon if let in
         error = one_error_line(second)
         assert f"pid {first.pid}@" in error and str(run_dir) in error, error
     finally:
@@ -107,9 +123,22 @@ def case_disk_full_simulated(tmp_path, earlier_run):
     """ENOSPC on every write of step 6's checkpoint files (full_disk_train.py): one line, step 4 and 5 kept."""
     run_dir = used_directory(tmp_path, earlier_run)
     step_4 = contents(run_dir / "checkpoints" / "step_0000004")
-    args = [*FAST, f"run.out_dir={tmp_path / 'runs'}", "run.name=x", f"data.cache_dir={cache_dir(tmp_path)}", "train.steps=8", "train.save_every=1"]
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "trainer" / "full_disk_train.py"), "6", *args], cwd=ROOT,
-                          env=train_env(), capture_output=True, text=True, timeout=300)
+    args = [
+        *FAST,
+        f"run.out_dir={tmp_path / 'runs'}",
+        "run.name=x",
+        f"data.cache_dir={cache_dir(tmp_path)}",
+        "train.steps=8",
+        "train.save_every=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "trainer" / "full_disk_train.py"), "6", *args],
+        cwd=ROOT,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     error = one_error_line(proc)
     assert error.startswith("error: disk full") and str(run_dir / "checkpoints" / ".tmp-step_0000006") in error, error
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["step_0000004", "step_0000005"]  # nothing half-written
@@ -122,8 +151,11 @@ def tmpfs_unavailable(mount_point: Path) -> str | None:
     if shutil.which("unshare") is None:
         return "no unshare command to mount a tmpfs without root"
     mount_point.mkdir(parents=True, exist_ok=True)
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m none {shlex.quote(str(mount_point))}"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m none {shlex.quote(str(mount_point))}"],
+        capture_output=True,
+        text=True,
+    )
     return None if probe.returncode == 0 else f"cannot mount a tmpfs here (unshare -rm: {probe.stderr.strip()[:200]})"
 
 
@@ -146,20 +178,34 @@ def case_disk_full_on_a_small_tmpfs(tmp_path, earlier_run):
     if reason := tmpfs_unavailable(disk):
         pytest.skip(reason)
     logs.mkdir()
-    args = [*FAST, f"run.out_dir={disk}", "run.name=x", f"data.cache_dir={cache_dir(tmp_path)}", "train.steps=4",
-            "train.save_every=1", "train.keep_last=3"]
+    args = [
+        *FAST,
+        f"run.out_dir={disk}",
+        "run.name=x",
+        f"data.cache_dir={cache_dir(tmp_path)}",
+        "train.steps=4",
+        "train.save_every=1",
+        "train.keep_last=3",
+    ]
     train = " ".join(shlex.quote(a) for a in [sys.executable, str(ROOT / "train.py"), *args])
     q = {k: shlex.quote(str(v)) for k, v in dict(disk=disk, snap=snap, logs=logs, py=sys.executable).items()}
-    script = f"""mount -t tmpfs -o size=3m none {q['disk']} || exit 99
-        {train} >{q['logs']}/1.out 2>{q['logs']}/1.err; echo $? >{q['logs']}/1.rc; cp -a {q['disk']} {q['snap']}
-        {train} >{q['logs']}/2.out 2>{q['logs']}/2.err; echo $? >{q['logs']}/2.rc
-        mkdir {q['disk']}/m; dd if=/dev/zero of={q['disk']}/filler bs=4096 2>/dev/null
-        {train} >{q['logs']}/3.out 2>{q['logs']}/3.err; echo $? >{q['logs']}/3.rc
-        {q['py']} -c {shlex.quote(METRICS_ON_A_FULL_DISK)} {q['disk']}/m 2>{q['logs']}/4.err; echo $? >{q['logs']}/4.rc
-        rm {q['disk']}/filler; cp -a {q['disk']} {q['snap']}-after"""
+    script = f"""mount -t tmpfs -o size=3m none {q["disk"]} || exit 99
+        {train} >{q["logs"]}/1.out 2>{q["logs"]}/1.err; echo $? >{q["logs"]}/1.rc; cp -a {q["disk"]} {q["snap"]}
+        {train} >{q["logs"]}/2.out 2>{q["logs"]}/2.err; echo $? >{q["logs"]}/2.rc
+        mkdir {q["disk"]}/m; dd if=/dev/zero of={q["disk"]}/filler bs=4096 2>/dev/null
+        {train} >{q["logs"]}/3.out 2>{q["logs"]}/3.err; echo $? >{q["logs"]}/3.rc
+        {q["py"]} -c {shlex.quote(METRICS_ON_A_FULL_DISK)} {q["disk"]}/m 2>{q["logs"]}/4.err; echo $? >{q["logs"]}/4.rc
+        rm {q["disk"]}/filler; cp -a {q["disk"]} {q["snap"]}-after"""
     subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=train_env(), timeout=600, check=True)
-    result = {n: subprocess.CompletedProcess([], int((logs / f"{n}.rc").read_text()), (logs / f"{n}.out").read_text() if n < 4 else "",
-                                             (logs / f"{n}.err").read_text()) for n in (1, 2, 3, 4)}
+    result = {
+        n: subprocess.CompletedProcess(
+            [],
+            int((logs / f"{n}.rc").read_text()),
+            (logs / f"{n}.out").read_text() if n < 4 else "",
+            (logs / f"{n}.err").read_text(),
+        )
+        for n in (1, 2, 3, 4)
+    }
     step_2 = str(disk / "x" / "checkpoints" / ".tmp-step_0000002")
     assert step_2 in one_error_line(result[1]) and "disk full" in one_error_line(result[1])
     assert step_2 in one_error_line(result[2]) and "resumed from" in result[2].stdout  # the rerun: the same line
@@ -171,9 +217,16 @@ def case_disk_full_on_a_small_tmpfs(tmp_path, earlier_run):
     assert contents(run_dir / "checkpoints") == contents(tmp_path / "snapshot-after" / "x" / "checkpoints")
 
 
-FAULTS = {f.__name__[len("case_"):]: f for f in (case_resume_never_in_a_used_directory, case_every_checkpoint_corrupt,
-                                                  case_two_runs_with_one_name, case_disk_full_simulated,
-                                                  case_disk_full_on_a_small_tmpfs)}
+FAULTS = {
+    f.__name__[len("case_") :]: f
+    for f in (
+        case_resume_never_in_a_used_directory,
+        case_every_checkpoint_corrupt,
+        case_two_runs_with_one_name,
+        case_disk_full_simulated,
+        case_disk_full_on_a_small_tmpfs,
+    )
+}
 
 
 @pytest.mark.parametrize("fault", FAULTS)

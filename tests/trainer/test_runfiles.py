@@ -1,4 +1,6 @@
-"""A run owns its tokenizer and resolved config: a cleaned cache changes nothing, a mismatched resume changes no file."""
+"""A run owns its tokenizer and resolved config: a cleaned cache changes nothing, a mismatched resume changes no
+file."""
+
 import hashlib
 import shutil
 
@@ -11,8 +13,11 @@ from trainer import runfiles
 
 
 def tree_digest(root) -> dict:
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_resume_and_export_survive_a_cleaned_cache(tmp_path):
@@ -24,7 +29,9 @@ def test_resume_and_export_survive_a_cleaned_cache(tmp_path):
     assert (ckpt / "tokenizer.model").read_bytes() == (tmp_path / "runs" / "run" / "tokenizer.model").read_bytes()
     shutil.rmtree(cache)
     proc = run_train(tmp_path, ["param=sltrain", "train.steps=4", f"data.cache_dir={cache}"])
-    assert "resumed from" in proc.stdout and "training a" not in proc.stdout  # the checkpoint's tokenizer, not a new one
+    assert (
+        "resumed from" in proc.stdout and "training a" not in proc.stdout
+    )  # the checkpoint's tokenizer, not a new one
     assert not list(cache.glob("tokenizer-*.model"))
     assert sorted(losses_by_step(metrics(tmp_path))) == [1, 2, 3, 4]
     shutil.rmtree(cache)
@@ -32,8 +39,14 @@ def test_resume_and_export_survive_a_cleaned_cache(tmp_path):
     assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == (ckpt / "tokenizer.model").read_bytes()
 
 
-@pytest.mark.parametrize("change, key", [(["param=sst"], "param.name=sst"), (["param=sltrain", "param.rank=8"], "param.rank=8"),
-                                         (["param=sltrain", "model.size=20m"], "model.size=20m")])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (["param=sst"], "param.name=sst"),
+        (["param=sltrain", "param.rank=8"], "param.rank=8"),
+        (["param=sltrain", "model.size=20m"], "model.size=20m"),
+    ],
+)
 def test_a_resume_with_another_shape_or_strategy_stops_and_changes_nothing(tmp_path, change, key):
     run_train(tmp_path, ["param=sltrain", "train.steps=2"])
     run_dir = tmp_path / "runs" / "run"

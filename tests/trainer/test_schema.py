@@ -1,17 +1,17 @@
 """One source of truth for defaults: the dataclasses. Hydra composes exactly their defaults, no YAML under
 conf/ restates one (or holds a key they lack), and keys the schema does not know are refused."""
+
 import dataclasses
 import shutil
 
 import pytest
 import yaml
 
+import train  # noqa: F401,E402  (registers the schema and the strategies)
 from tests.helpers import ROOT, compose
 from trainer.config import Config
 from trainer.registry import AGG, OPTIM, PARAM
 from trainer.schema import check_keys
-
-import train  # noqa: F401,E402  (registers the schema and the strategies)
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name not in ("param", "optim", "agg")]
 ENTRIES = [(r.kind, name) for r in (PARAM, OPTIM, AGG) for name in r.names()]
@@ -106,14 +106,17 @@ def test_adamw_lr_is_the_documented_default():
     assert compose([]).optim.lr == 0.003  # README's default run and docs/RESULTS.md were measured at 3e-3
 
 
-@pytest.mark.parametrize("override, message", [
-    ("+train.setps=5", r"^unknown key train.setps \(did you mean train.steps\?\); valid keys of train: .*, steps,"),
-    ("++x.y=1", r"^unknown key x; valid keys: agg, data, faults, log, model, optim, param, run, train$"),
-    ("+optim.lrr=1", r"^unknown key optim.lrr for optim=adamw \(did you mean optim.lr\?\)"),
-    ("+param.rank=3", r"^unknown key param.rank for param=full; valid keys of param: name$"),
-    ("+train.x.y=1", r"^unknown key train.x;"),
-    ("+faults.atack=nan", r"^unknown key faults.atack \(did you mean faults.attack\?\)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+train.setps=5", r"^unknown key train.setps \(did you mean train.steps\?\); valid keys of train: .*, steps,"),
+        ("++x.y=1", r"^unknown key x; valid keys: agg, data, faults, log, model, optim, param, run, train$"),
+        ("+optim.lrr=1", r"^unknown key optim.lrr for optim=adamw \(did you mean optim.lr\?\)"),
+        ("+param.rank=3", r"^unknown key param.rank for param=full; valid keys of param: name$"),
+        ("+train.x.y=1", r"^unknown key train.x;"),
+        ("+faults.atack=nan", r"^unknown key faults.atack \(did you mean faults.attack\?\)"),
+    ],
+)
 def test_unknown_keys_refused(override, message):
     with pytest.raises(ValueError, match=message) as e:
         check_keys(compose([override]))
@@ -121,5 +124,16 @@ def test_unknown_keys_refused(override, message):
 
 
 def test_known_keys_pass():
-    check_keys(compose(["param=sltrain", "param.rank=8", "optim=galore_adamw", "optim.rank=4", "agg=flag",
-                        "faults.byzantine_ranks=[1]", "train.steps=5"]))
+    check_keys(
+        compose(
+            [
+                "param=sltrain",
+                "param.rank=8",
+                "optim=galore_adamw",
+                "optim.rank=4",
+                "agg=flag",
+                "faults.byzantine_ranks=[1]",
+                "train.steps=5",
+            ]
+        )
+    )

@@ -1,5 +1,6 @@
 """A streamed hub source is tokenized in chunks while training: the first batch comes before the stream is
 read, chunks hold exactly the serial token stream, batches are a function of the step, restarts reuse chunks."""
+
 import time
 
 import numpy as np
@@ -26,15 +27,31 @@ def documents(n: int, delay: float = 0.0, fail_at: int | None = None):
 def sp_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("sp")
     (d / "train.txt").write_text("\n".join(documents(300)))
-    spm.SentencePieceTrainer.train(input=str(d / "train.txt"), model_prefix=str(d / "m"), vocab_size=400, model_type="bpe",
-                                   byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(d / "train.txt"),
+        model_prefix=str(d / "m"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
     return str(d / "m.model")
 
 
 def setup(tmp_path, monkeypatch, sp_path, **docs_kw) -> DataConfig:
     monkeypatch.setattr(corpus, "documents", lambda cfg: documents(**docs_kw))
-    return DataConfig(source=SOURCE, tokenizer=sp_path, seq_len=16, stream_chunk_tokens=CHUNK, num_workers=1,
-                      cache_dir=str(tmp_path / "cache"))
+    return DataConfig(
+        source=SOURCE,
+        tokenizer=sp_path,
+        seq_len=16,
+        stream_chunk_tokens=CHUNK,
+        num_workers=1,
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 def reference(sp_path: str, n: int) -> np.ndarray:
@@ -54,7 +71,9 @@ def test_training_starts_before_the_stream_is_read(tmp_path, monkeypatch, sp_pat
             assert [x.shape for x, _ in batches.micro_batches(step)] == [(4, 16), (4, 16)]
         ref = reference(sp_path, 2000)
         for k in range(stream.read_state(c.base)["num_chunks"]):
-            assert np.array_equal(np.fromfile(stream.chunk_path(c.base, k), dtype=np.uint16), ref[k * CHUNK:(k + 1) * CHUNK])
+            assert np.array_equal(
+                np.fromfile(stream.chunk_path(c.base, k), dtype=np.uint16), ref[k * CHUNK : (k + 1) * CHUNK]
+            )
     finally:
         c.producer.stop()
         c.producer.join()
@@ -74,8 +93,10 @@ def test_a_finished_stream_wraps_with_batches_a_function_of_the_step(tmp_path, m
     other = data.prepare(cfg, True, lambda: None)  # complete on disk: no producer, same batches
     assert other.producer is None
     for step in (0, 7, 1000):
-        for (xa, _), (xb, _) in zip(data.TrainBatches(c, 8, 4, 0, 1, 0).micro_batches(step),
-                                    data.TrainBatches(other, 8, 4, 0, 1, 0).micro_batches(step)):
+        for (xa, _), (xb, _) in zip(
+            data.TrainBatches(c, 8, 4, 0, 1, 0).micro_batches(step),
+            data.TrainBatches(other, 8, 4, 0, 1, 0).micro_batches(step),
+        ):
             assert xa.equal(xb)
 
 
@@ -98,7 +119,9 @@ def test_a_restart_writes_only_the_missing_chunks(tmp_path, monkeypatch, sp_path
     assert written == [0, 1] and not stream.read_state(base)["done"]
     stream.produce(cfg, sp_path, base, 1, log=lambda *a, **k: None)
     assert written[:3] == [0, 1, 2] and stream.read_state(base)["done"]
-    chunks = [np.fromfile(stream.chunk_path(base, k), dtype=np.uint16) for k in range(stream.read_state(base)["num_chunks"])]
+    chunks = [
+        np.fromfile(stream.chunk_path(base, k), dtype=np.uint16) for k in range(stream.read_state(base)["num_chunks"])
+    ]
     assert np.array_equal(np.concatenate(chunks), reference(sp_path, 400))
 
 

@@ -1,4 +1,5 @@
 """MFU: the FLOPs formula against a hand count, the peak table, and what the progress line shows."""
+
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ def test_flops_per_token_of_the_debug_model_by_hand():
     per_layer = 4 * 64 * 64 + 3 * 64 * 176 + 2 * 64  # 16384 + 33792 + 128 = 50304
     n = 2 * per_layer + 64 + 512 * 64  # + final norm + lm_head = 133440
     assert n == 133440
-    attention = 12 * 2 * 4 * 16 * 32  # 12 L H Q T = 49152
+    # attention: 12 L H Q T = 12 * 2 * 4 * 16 * 32 = 49152
     assert flops_per_token(shape_for("debug"), 512, 32) == 6 * 133440 + 49152 == 849792
 
 
@@ -23,9 +24,19 @@ def test_n_is_the_model_parameters_without_the_input_embedding():
     assert flops_per_token(shape, 1000, 128) == 6 * n + attention
 
 
-@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
-                                        ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0),
-                                        ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.0), ("Some GPU", None), (None, None)])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA L40S", 362.0),
+        ("Some GPU", None),
+        (None, None),
+    ],
+)
 def test_peak_table_by_gpu_name(name, peak):
     assert peak_tflops(name) == peak
 

@@ -1,5 +1,6 @@
 """Parallel tokenization: the same tokens as a serial reference for any number of workers and any cut of the
 work, exact max_tokens, progress lines, atomic writes (no temporary file left, disk full in one line)."""
+
 import errno
 import os
 import random
@@ -13,8 +14,13 @@ import sentencepiece as spm
 from trainer import corpus, data, tokenizing
 from trainer.config import DataConfig
 
-PARAGRAPHS = ["First paragraph,\nwith two lines.", "def f(x):\n    return  x  # code\n\treturn None",
-              "Ünïcödé 日本語 and digits 12345", "  indented start", "A\u3000wide space and a \x0bvertical tab"]
+PARAGRAPHS = [
+    "First paragraph,\nwith two lines.",
+    "def f(x):\n    return  x  # code\n\treturn None",
+    "Ünïcödé 日本語 and digits 12345",
+    "  indented start",
+    "A\u3000wide space and a \x0bvertical tab",
+]
 
 
 def text_corpus(tmp_path, copies: int = 40) -> str:
@@ -30,8 +36,18 @@ def text_corpus(tmp_path, copies: int = 40) -> str:
 def sp_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("sp")
     (d / "train.txt").write_text("\n".join(PARAGRAPHS * 20))
-    spm.SentencePieceTrainer.train(input=str(d / "train.txt"), model_prefix=str(d / "m"), vocab_size=400, model_type="bpe",
-                                   byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(d / "train.txt"),
+        model_prefix=str(d / "m"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
     return str(d / "m.model")
 
 
@@ -63,7 +79,9 @@ def test_split_paragraphs_equals_the_line_loop():
     alphabet = ["a", "b", " ", "\n", "\n", "\t", "\u3000", "\x1c", "\x0b", "\x85", "\u2028", "é"]
     for _ in range(20000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(30)))
-        lines = [line + "\n" for line in text.split("\n")[:-1]] + ([text.split("\n")[-1]] if text.split("\n")[-1] else [])
+        lines = [line + "\n" for line in text.split("\n")[:-1]] + (
+            [text.split("\n")[-1]] if text.split("\n")[-1] else []
+        )
         assert corpus.split_paragraphs(text) == list(corpus.paragraphs(lines)), repr(text)
 
 
@@ -110,8 +128,13 @@ def test_progress_lines_show_rate_and_eta(tmp_path, sp_path, monkeypatch):
     monkeypatch.setattr(tokenizing, "PROGRESS_EVERY_S", 0.0)
     monkeypatch.setattr(tokenizing, "RANGE_BYTES", 1000)
     lines = []
-    tokenize(DataConfig(source=text_corpus(tmp_path), cache_dir=str(tmp_path)), sp_path, tmp_path, 2,
-             log=lambda text, **k: lines.append(text))
+    tokenize(
+        DataConfig(source=text_corpus(tmp_path), cache_dir=str(tmp_path)),
+        sp_path,
+        tmp_path,
+        2,
+        log=lambda text, **k: lines.append(text),
+    )
     assert len(lines) > 3 and all("M tokens/s" in line for line in lines)
     assert "ETA" in lines[0] and "%" in lines[0] and "done in" in lines[-1]
 

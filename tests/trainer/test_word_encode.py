@@ -1,6 +1,7 @@
 """Word-at-a-time encoding gives sentencepiece's ids exactly: on the project's tokenizer for random text made of
 the characters where a cut could go wrong (runs of spaces at every position, tabs, newlines, unknown
 characters, a literal ▁, empty and blank documents), and on a model it must not cut (encoded whole)."""
+
 import random
 import re
 
@@ -12,9 +13,11 @@ from sentencepiece import sentencepiece_model_pb2 as model_pb2
 from trainer import data, word_encode
 from trainer.config import DataConfig
 
-TRAIN_TEXT = ("def f(x):\n    return  x  # two spaces\n\treturn None\n"
-              "The quick brown fox, in 1999, jumped over 42 lazy dogs.\n"
-              "Ünïcödé 日本語 text and  double  spaces, trailing space \n")
+TRAIN_TEXT = (
+    "def f(x):\n    return  x  # two spaces\n\treturn None\n"
+    "The quick brown fox, in 1999, jumped over 42 lazy dogs.\n"
+    "Ünïcödé 日本語 text and  double  spaces, trailing space \n"
+)
 
 
 def reference(sp_path: str, docs: list[str]) -> np.ndarray:
@@ -35,8 +38,31 @@ def project_model(tmp_path_factory):
 
 
 def random_docs(rng: random.Random, num_docs: int) -> list[str]:
-    alphabet = ["a", "b", "the", "fox", "do", "ne", " ", " ", "  ", "   ", "\t", "\n", "1", "42", ",", "é", "日本",
-                "\u2581", "\x00", "\u3000", "Ω", "#", "\U0001f600"]
+    alphabet = [
+        "a",
+        "b",
+        "the",
+        "fox",
+        "do",
+        "ne",
+        " ",
+        " ",
+        "  ",
+        "   ",
+        "\t",
+        "\n",
+        "1",
+        "42",
+        ",",
+        "é",
+        "日本",
+        "\u2581",
+        "\x00",
+        "\u3000",
+        "Ω",
+        "#",
+        "\U0001f600",
+    ]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(12))) for _ in range(num_docs)]
 
 
@@ -55,8 +81,14 @@ def test_project_model_is_cut_at_spaces_and_ids_are_exact(project_model, monkeyp
 
 def test_a_normalizing_model_is_encoded_whole(tmp_path):
     (tmp_path / "t.txt").write_text(TRAIN_TEXT * 50)
-    spm.SentencePieceTrainer.train(input=str(tmp_path / "t.txt"), model_prefix=str(tmp_path / "m"), vocab_size=340,
-                                   model_type="bpe", byte_fallback=True, minloglevel=2)  # nmt_nfkc, extra spaces removed
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "t.txt"),
+        model_prefix=str(tmp_path / "m"),
+        vocab_size=340,
+        model_type="bpe",
+        byte_fallback=True,
+        minloglevel=2,
+    )  # nmt_nfkc, extra spaces removed
     path = str(tmp_path / "m.model")
     encoder = word_encode.DocumentEncoder(path)
     assert encoder.words_sp is None
@@ -69,10 +101,12 @@ def test_model_checks(project_model):
     with open(project_model, "rb") as f:
         model.ParseFromString(f.read())
     assert word_encode.splits_at_spaces(model)
-    for change in (lambda m: setattr(m.normalizer_spec, "remove_extra_whitespaces", True),
-                   lambda m: setattr(m.trainer_spec, "model_type", model_pb2.TrainerSpec.UNIGRAM),
-                   lambda m: setattr(m.pieces[300], "piece", "a\u2581b"),  # a piece across a cut
-                   lambda m: setattr(m.pieces[300], "type", model_pb2.ModelProto.SentencePiece.USER_DEFINED)):
+    for change in (
+        lambda m: setattr(m.normalizer_spec, "remove_extra_whitespaces", True),
+        lambda m: setattr(m.trainer_spec, "model_type", model_pb2.TrainerSpec.UNIGRAM),
+        lambda m: setattr(m.pieces[300], "piece", "a\u2581b"),  # a piece across a cut
+        lambda m: setattr(m.pieces[300], "type", model_pb2.ModelProto.SentencePiece.USER_DEFINED),
+    ):
         changed = model_pb2.ModelProto()
         changed.CopyFrom(model)
         change(changed)
