@@ -11,6 +11,7 @@ import datetime
 import os
 from contextlib import contextmanager
 
+import deepspeed
 import torch
 import torch.distributed as dist
 
@@ -46,8 +47,6 @@ def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -
     if dist.is_initialized():
         return
     export_torch_env(env)
-    import deepspeed  # here: importing it prints an accelerator line, which commands that start no group skip
-
     deepspeed.init_distributed(
         dist_backend=process_group_backend(device),
         auto_mpi_discovery=False,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from models import shape_for
-from trainer import checkpoint, corpus, lock, preflight, runfiles
+from trainer import corpus, lock, preflight, runfiles
 from trainer.config import Config, check_world, run_name
 from trainer.strategy import NeedsZeroStage0
 
@@ -30,6 +30,8 @@ def validate(cfg: Config, world_size: int) -> str:
     check_workers(cfg, world_size)
     corpus.check_source(cfg.data)
     shape_for(cfg.model.size)  # an unknown model.size, before the corpus is read
+    from trainer import checkpoint  # here: it imports DeepSpeed, whose import prints; resolve() needs none of it
+
     checkpoint.check_resume_arg(cfg.train.resume)
     run_dir = os.path.join(cfg.run.out_dir, run_name(cfg))
     preflight.check_folders(cfg, run_dir)
