@@ -1,15 +1,10 @@
 """Checkpoint save and resume time, one process, through the trainer's own save() and maybe_resume().
 
-    python -m benchmarks checkpoint_io [--size 350m] [--vocab 32000] [--work-dir DIR] [--verify sizes full off]
     python -m benchmarks checkpoint_io --size 350m --rev d83f4ee^ --script-rev d83f4ee --out checkpoint_io_main
 
-Builds the model and engine as train.py does (param=full, optim=adamw, ZeRO-0, fp32), takes one training
-step so the AdamW moments exist, then times Trainer.save() (write, hash, seal) and, for each
-`train.verify_checkpoint` mode, a fresh Trainer's maybe_resume() (verify, load; the fastest of --repeats).
-The resume reads what the save just wrote, so the file pages are in the page cache: an upper bound on read
-speed. The save is timed to the page cache too (os.sync() before and after, untimed), as a run sees it. Writes
-<out>.json. --rev measures an older tree: a checkout of that git revision runs this script as it was at
---script-rev (the first revision with it, for a tree from before it; modes the tree lacks are skipped).
+One training step first, so the AdamW moments exist. The resume reads what the save just wrote, from the page
+cache: an upper bound on read speed; the save too is timed to the page cache (os.sync() around it, untimed).
+--rev measures an older tree running this script as at --script-rev (the first revision that has it).
 """
 from __future__ import annotations
 

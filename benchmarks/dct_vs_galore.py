@@ -2,13 +2,9 @@
 
     python -m benchmarks dct_vs_galore [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1] [--all]
 
-The matrices are the seven projections of every block of the model size (130m: twelve blocks, 84 matrices),
-all projected, with fixed random gradients. Each optimizer runs with the same update gap, so steps
-0, gap, 2 gap, ... refresh the subspace (DCT: one transform and a top-r; GaLore: a thin SVD per matrix) and
-the others are steady steps. The optimizers step in alternation so both see the same machine load, and each
-ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels slow drifts of a
-shared machine's load. Step 0 (which also allocates the state) is not timed into the refresh median.
-Prints median times, state bytes and the ratios; writes <out>.json.
+The matrices are every block's seven projections, with fixed random gradients. The optimizers step in
+alternation and each ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels
+a shared machine's drifting load. Step 0 also allocates the state, so it is not in the refresh median.
 """
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
-"""Cost of robust aggregation, p = 4 gloo processes on the CPU: time per aggregate() call and bytes sent
-per rank, for `mean` (a plain bucketed all-reduce) against `flag` in its sharded collective form and
-in the all-gather reference form (and the other robust aggregators).
+"""Cost of robust aggregation, p gloo processes on the CPU: time per aggregate() call and bytes sent per rank,
+`mean` (a bucketed all-reduce) against `flag` sharded and all-gather forms and the other robust aggregators.
 
     python -m benchmarks flag_cost                     # n = the debug model's 166k and 4M coordinates
-    python -m benchmarks flag_cost --numel 1000000 --repeats 20
 
-Times: per call, the slowest rank's wall time (a barrier first), median over repeats. Bytes: counted
-from the collectives each aggregator issues (ring all-reduce 2(p-1)/p N, all-gather and all-to-all
-(p-1)/p of the gathered size), reported as `agg/bytes_sent`. Writes <out>.json.
+Time: the slowest rank's (a barrier first), median over repeats. Bytes: counted from the collectives issued.
 """
 from __future__ import annotations
 

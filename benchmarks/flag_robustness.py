@@ -1,21 +1,14 @@
-"""Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of `mean` and of
-`flag` variants (and any other aggregator listed) against a clean `mean` run with the same seed and steps.
+"""Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of each aggregator
+against a clean `mean` run with the same seed and steps (acceptance: every attack within --tolerance).
 
     python -m benchmarks flag_robustness                  # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
     python -m benchmarks flag_robustness --nproc 8 --byzantine 2 --out flag_robustness_p8   # ~20 min
-    python -m benchmarks flag_robustness --aggs mean flag flag_raw flag_m_spec   # the docs/flag.md columns
-    python -m benchmarks flag_robustness --aggs median multi_krum --out flag_robustness_baselines
-    python -m benchmarks flag_robustness --steps 40 --attacks sign_flip nan --aggs mean flag
 
-Prints a table, each aggregator's worst ratio to the clean loss against `--tolerance` (acceptance: every
-attack within 5%), and writes <out>.json. Each run is train.py under torchrun
-(the debug model on the built-in corpus), exactly as a user would start it. Byzantine ranks are 1..f.
-
-The default global batch, 256 sequences (64 per worker at p = 4, 32 at p = 8), is where the honest workers'
-gradients agree enough for a subspace method to tell them from an attacker: the logged `agg/mean_cosine` of
-the clean Flag run is recorded with the results. With 4 sequences per worker (`--batch 16`) the gradients
-are nearly orthogonal (mean pairwise cosine ~0.03-0.1 on the debug model), every 3 of the 4 workers span an
-equally good flag, and no flag-based aggregate can single the attacker out.
+Each run is train.py under torchrun (the debug model on the built-in corpus), as a user would start it.
+The default global batch, 256 sequences, is where the honest workers' gradients agree enough for a subspace
+method to tell them from an attacker: with 4 sequences per worker (`--batch 16`) they are nearly orthogonal
+(mean pairwise cosine ~0.03-0.1), every 3 of 4 workers span an equally good flag, and no flag-based aggregate
+can single the attacker out.
 """
 from __future__ import annotations
 

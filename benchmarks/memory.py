@@ -1,18 +1,12 @@
 """Memory of every param x optim combination: weights, gradients, optimizer state, peak step memory.
 
     python -m benchmarks memory [--sizes 60m 130m 350m] [--peak-size 130m] [--params ...] [--optims ...]
-    python -m benchmarks memory --sizes 130m --params full sltrain lowrank --optims adamw --out sltrain_memory
-    python -m benchmarks memory --sizes 130m --params full sst --optims adamw --peak-size none --out sst_memory
     python -m benchmarks memory --device cuda --bf16 --sizes 350m 1b 7b --fit --out gpu_memory   # largest that fits
 
-For each size and combination, in a fresh process: build the model as train.py does (vocab 32000, fp32),
-run two optimizer steps on random tokens, and count the bytes of the tensors (parameters + buffers,
-gradients, optimizer state), for the whole model and for the seven block projections alone. For --peak-size it
-also measures the peak memory of one training step: on a CPU the resident set (heap trimmed and the kernel's
-peak-RSS counter reset just before the step) minus the process's before the model was built (the interpreter
-and libraries); on a GPU the allocator's peak. Ratios are against full-rank AdamW of the same size. --fit: the
-sizes are tried in order per combination and the largest whose step runs is recorded. Hydra overrides after
-`--` go to every combination. Writes <out>.json and <out>.png.
+Each size and combination runs in a fresh process (so one's peak is not another's): built as train.py builds it
+(vocab 32000, fp32), two optimizer steps on random tokens, then the bytes of its tensors, whole model and block
+projections alone. Peak step memory on a CPU is the resident set's peak (heap trimmed, VmHWM reset) minus the
+process's before the model existed; on a GPU, the allocator's peak. Ratios are against full-rank AdamW.
 """
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
 """Memory at the sizes the methods exist for: the estimator's peak of one training step, per configuration.
 
-    python -m benchmarks memory_scale          # 1b and 7b at 1 x 256 tokens, 7b at 16 x 256 with checkpointing
-    python -m benchmarks memory_scale --real   # also: real CPU tensors for best@1b and today@350m, vs the estimate
+    python -m benchmarks memory_scale --real   # also real CPU tensors for best@1b and today@350m, vs the estimate
 
-Each row runs `python -m tools.memory <overrides> --json` in its own process (FakeTensorMode + MemTracker: no
-real allocation). Vocabulary 32000 (the LLaMA tokenizer of the papers' figures). Writes
-<out>.json and <out>.png, and prints the tables of docs/RESULTS.md (rendered from here).
+Each row is `python -m tools.memory <overrides> --json` in its own process (FakeTensorMode: nothing allocated).
 """
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
 """Corpus preparation speed: `python -m trainer.prepare`'s parallel tokenization vs the single-process path
-it replaced, on the same text file, measured back to back in one run (the tokenizer is trained once, timed apart).
+it replaced, on the same text file, back to back in one run (the tokenizer is trained once, timed apart).
 
     python -m benchmarks prepare_speed [--mb 200] [--repeats 1] [--workers 0] [--text FILE]
 
-The text is ../shared/data's corpora repeated to --mb megabytes, or --text FILE (results then go next to the
-caches, unless --results-dir says where): prepare encodes each distinct word once per worker
-(trainer/word_encode.py), which a repeated text flatters, so measure text that does not repeat too. Each
-run's CPU microseconds per token say what a core does, whatever the load. Each round first measures how many
-cores the workers actually get (a pure-Python burn in 1 vs N processes): on a shared machine the ratio below
-is only as good as that number. Baselines: `serial_lines` is the former
-path verbatim (HF datasets' text builder, one document per line, sentencepiece's own threads, one array per
-document); `serial_paragraphs` is the same loop over the documents the project now makes (paragraphs).
-prepare's tokens are checked equal to `serial_paragraphs`' (sentencepiece's ids, document by document).
-Writes <out>.json.
+prepare encodes each distinct word once per worker, which a repeated text flatters: measure text that does
+not repeat too. CPU microseconds per token say what a core does, whatever the load; each round first measures
+the cores the workers actually get. `serial_lines` is the former path verbatim (HF datasets' text builder, a
+document per line); `serial_paragraphs` the same loop over today's documents, whose tokens prepare's must equal.
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Render docs/RESULTS.md from the JSON the suite's entries write (benchmarks/suite.py); the benchmarks print
-their own sections of it too.
-
-Every number in the report comes from a JSON a benchmark wrote in a run here, and only from a file some suite
-entry produces; a figure whose JSON is missing is shown as "not yet measured", never estimated.
+"""Render docs/RESULTS.md from the suite's JSON only: a figure whose JSON is missing is "not yet measured",
+never estimated.
 """
 from __future__ import annotations
 

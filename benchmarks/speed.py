@@ -1,20 +1,14 @@
 """Training speed of every param x optim combination vs full-rank AdamW: tokens/s and step-time ratio.
 
     python -m benchmarks speed [--sizes 20m] [--batch 8] [--seq-len 128] [--repeats 12]
-    python -m benchmarks speed --compile --params full sltrain --optims adamw --out speed_compile   # compiled vs eager
     python -m benchmarks speed --params full --optims adamw dct_adamw --steps-per-sample 10 \\
         --variant "full+dct_adamw T=10" "optim.update_gap=10"     # extra combinations: "param+optim label", overrides
-    python -m benchmarks speed --params full sst --optims adamw --batch 16 --hook-steps 1200 --out sst_throughput
     python -m benchmarks speed --device cuda --bf16 --sizes 350m 1b --out gpu   # GPU: tokens/s, MFU, peak memory
 
-All combinations are built in one process; their training steps (forward, backward, optimizer step, then the
-param strategy's step hook with the trainer's own engine ops) are timed interleaved, so each sees the same machine
-load: the median of --repeats samples of --steps-per-sample steps. A periodic refresh every T steps is amortised
-exactly when T divides the sample length; work every few hundred steps (SST's resampling) is amortised with
---hook-steps N instead: the hook alone runs for steps 1..N (one cycle of its schedule), and its mean minus its
-median per step (the median is in every timed step already) is added. Overrides after `--` go to every combination;
---compile adds a twin of each with `train.compile=true` (compiled in the untimed first step, whose time each row
-keeps). On a GPU the rows also hold MFU (trainer/throughput.py's formula and peak table) and the allocator's peak.
+Steps (with the strategy's step hook on the trainer's own engine ops) are timed interleaved, so every
+combination sees the same machine load. A refresh every T steps is amortised exactly when T divides
+--steps-per-sample; rarer work (SST's resampling) through --hook-steps N: the hook alone over steps 1..N, its mean
+minus its median per step added. On a GPU the rows also hold MFU (trainer/throughput.py) and the allocator's peak.
 """
 from __future__ import annotations
 

@@ -1,14 +1,10 @@
 """The suite: every run whose figures docs/ and README cite, as one registered list, then docs/RESULTS.md.
 
     python -m benchmarks suite                       # every CPU entry (GPU ones where a GPU is), then the report
-    python -m benchmarks suite --dry-run             # each entry's command and expected time, nothing run
     python -m benchmarks suite --only memory speed   # these entries; --skip NAME ... leaves some out
-    python -m benchmarks suite --report-only         # re-render docs/RESULTS.md from the suite's results files
 
-An entry's name is its results file's stem: entry `sltrain_memory` runs `python -m benchmarks memory --out
-sltrain_memory ...` and writes benchmarks/results/sltrain_memory.json. docs/RESULTS.md is rendered only from
-these files (benchmarks/report.py refuses any other). Times are this 2-core CPU's (GPU entries: one H200); the
-whole CPU list is many hours, so pick with --only / --skip.
+An entry's name is its results file's stem (`sltrain_memory` writes benchmarks/results/sltrain_memory.json),
+and docs/RESULTS.md is rendered only from these files. Times are a 2-core CPU's (GPU entries: one H200).
 """
 from __future__ import annotations
 
