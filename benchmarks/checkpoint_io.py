@@ -70,16 +70,11 @@ def checkpoint_bytes(root: str) -> int:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "checkpoint_io")
-    p.add_argument("--size", default="350m")
-    p.add_argument("--vocab", type=int, default=32000, help="model vocabulary (the papers' LLaMA tokenizer)")
-    p.add_argument("--work-dir", default=None, help="run directory parent (default: a temporary folder)")
-    p.add_argument("--verify", nargs="+", default=["sizes", "full", "off"])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="resumes per mode (the fastest is reported)")
-    p.add_argument("--rev", default=None, help="measure this git revision's tree instead")
-    p.add_argument("--script-rev", default=None, help="with --rev: the revision whose copy of this script runs")
-    args = p.parse_args(argv)
+    args = parser(__doc__, "checkpoint_io", size="350m", vocab=(32000, "model vocabulary (the papers' tokenizer)"),
+                  work_dir=(None, "run directory parent (default: a temporary folder)"), threads=2,
+                  verify=["sizes", "full", "off"], repeats=(2, "resumes per mode (the fastest is reported)"),
+                  rev=(None, "measure this git revision's tree instead"),
+                  script_rev=(None, "with --rev: the revision whose copy of this script runs")).parse_args(argv)
     if args.rev:
         return at_revision(args, list(sys.argv[2:] if argv is None else argv))
     out = args.work_dir or tempfile.mkdtemp(prefix="ckpt-io-")

@@ -102,13 +102,9 @@ def run(args, argv) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "dct_vs_galore")
+    p = parser(__doc__, "dct_vs_galore", rank=256, gap=(5, "update gap: steps 0, gap, 2 gap, ... refresh"), steps=11,
+               threads=1, all=(False, "also our svd projector and the matmul (non-FFT) DCT refresh"))
     p.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
-    p.add_argument("--rank", type=int, default=256)
-    p.add_argument("--gap", type=int, default=5, help="update gap: steps 0, gap, 2 gap, ... refresh")
-    p.add_argument("--steps", type=int, default=11)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--all", action="store_true", help="also our svd projector and the matmul (non-FFT) DCT refresh")
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
         p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")

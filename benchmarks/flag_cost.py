@@ -63,11 +63,7 @@ def measure(rank, world_size, numels, repeats, out_path):
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "flag_cost")
-    p.add_argument("--numel", type=int, nargs="+", default=[166_208, 4_194_304])
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--nproc", type=int, default=4)
-    args = p.parse_args(argv)
+    args = parser(__doc__, "flag_cost", numel=[166_208, 4_194_304], repeats=10, nproc=4).parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tmp = Path(tempfile.mkdtemp(prefix="flag-cost-")) / "raw.json"
     run_distributed(measure, args.nproc, args.numel, args.repeats, str(tmp))

@@ -135,12 +135,9 @@ def weight_table(args, results: dict) -> list[str]:
 
 
 def parse_args(argv):
-    p = parser(__doc__, "flag_robustness")
-    for name, default, what in (("steps", 100, None), ("seq-len", 64, None), ("batch", 256, "global batch (sequences per step)"),
-                                ("eval-batches", 8, None), ("nproc", 4, "workers p (torchrun processes)"),
-                                ("byzantine", 1, "Byzantine workers f: ranks 1..f"), ("seed", 0, None)):
-        p.add_argument(f"--{name}", type=int, default=default, help=what)
-    p.add_argument("--tolerance", type=float, default=0.05, help="allowed loss above the clean run")
+    p = parser(__doc__, "flag_robustness", steps=100, seq_len=64, batch=(256, "global batch (sequences per step)"),
+               eval_batches=8, nproc=(4, "workers p (torchrun processes)"), byzantine=(1, "Byzantine ranks f: 1..f"),
+               seed=0, tolerance=(0.05, "allowed loss above the clean run"))
     p.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
     p.add_argument("--aggs", nargs="+", default=["mean", "flag"], choices=list(AGGS))
     args = p.parse_args(argv)

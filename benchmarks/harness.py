@@ -40,11 +40,17 @@ PARAMS = ["full", "sltrain", "lowrank", "sst"]
 OPTIMS = ["adamw", "dct_adamw", "galore_adamw", "galore_torch"]
 
 
-def parser(doc: str, out: str | None) -> argparse.ArgumentParser:
-    """A benchmark's parser with the options every benchmark shares: where its JSON goes."""
+def parser(doc: str, out: str | None, **options) -> argparse.ArgumentParser:
+    """A benchmark's parser: where its JSON goes, then `options` as name=default or name=(default, help), typed by
+    the default (a list takes one or more, False is a flag; the name's underscores become dashes)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=out, required=out is None, help="results file <results-dir>/<out>.json")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
+    for name, (default, what) in ((k, v if isinstance(v, tuple) else (v, None)) for k, v in options.items()):
+        kind = {"action": "store_true"} if default is False else {"type": type(default)} \
+            if isinstance(default, (int, float)) else {"nargs": "+", "type": type(next(iter(default), ""))} \
+            if isinstance(default, list) else {}
+        p.add_argument(f"--{name.replace('_', '-')}", default=default, help=what, **kind)
     return p
 
 
@@ -104,9 +110,12 @@ def compose(overrides: list[str]) -> Config:
 Combo = namedtuple("Combo", "label param optim extra")  # one combination: label, registry names, its overrides
 
 
-def add_combo_args(p: argparse.ArgumentParser, params=PARAMS, optims=OPTIMS) -> None:
-    p.add_argument("--params", nargs="+", default=params)
-    p.add_argument("--optims", nargs="+", default=optims)
+def add_combo_args(p: argparse.ArgumentParser) -> None:
+    """The combinations to build (--params x --optims, --variant) and where (--device, --bf16)."""
+    p.add_argument("--params", nargs="+", default=PARAMS)
+    p.add_argument("--optims", nargs="+", default=OPTIMS)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
     p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("LABEL", "OVERRIDES"),
                    help="an extra combination: its label ('param+optim' then any words) and its overrides")
 

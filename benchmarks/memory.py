@@ -118,14 +118,9 @@ def main(argv=None) -> dict:
     options, overrides = split_overrides(argv)
     if options[:1] == ["--child"]:
         return print(json.dumps(child(*json.loads(options[1]))))
-    p = parser(__doc__, "memory")
-    p.add_argument("--sizes", nargs="+", default=["60m", "130m", "350m"])
-    p.add_argument("--peak-size", default="130m", help="the size whose peak step memory is measured ('none': none)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
-    p.add_argument("--fit", action="store_true", help="the largest of --sizes (in order) each combination fits")
+    p = parser(__doc__, "memory", sizes=["60m", "130m", "350m"], batch=4, seq_len=256,
+               peak_size=("130m", "the size whose peak step memory is measured ('none': none)"),
+               fit=(False, "the largest of --sizes (in order) each combination fits"))
     add_combo_args(p)
     args = p.parse_args(options)
     rows, fits = measure(args, overrides)

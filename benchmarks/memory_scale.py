@@ -144,9 +144,8 @@ def memory_scale_targets(ms) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "memory_scale")
-    p.add_argument("--real", action="store_true", help="also measure best@1b and today@350m on real CPU tensors")
-    args = p.parse_args(argv)
+    args = parser(__doc__, "memory_scale", real=(False, "also measure best@1b and today@350m on real CPU tensors"))\
+        .parse_args(argv)
     results = {}
     for setting, base in SETTINGS.items():
         results[setting] = {}

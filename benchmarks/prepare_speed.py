@@ -124,13 +124,9 @@ def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "prepare_speed")
-    p.add_argument("--mb", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0, help="prepare's processes (0: one per core)")
-    p.add_argument("--dir", default=None, help="where the text and caches go (default: a temporary folder)")
-    p.add_argument("--text", default=None, help="a text file to use instead of the repeated corpus")
-    args = p.parse_args(argv)
+    args = parser(__doc__, "prepare_speed", mb=200, repeats=1, workers=(0, "prepare's processes (0: one per core)"),
+                  dir=(None, "where the text and caches go (default: a temporary folder)"),
+                  text=(None, "a text file to use instead of the repeated corpus")).parse_args(argv)
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="prepare-speed-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.text and args.results_dir == RESULTS:

@@ -93,15 +93,12 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def parse(argv):
     options, pairs = split_overrides(argv)
-    p = parser(__doc__, None)
-    p.add_argument("--model", default="20m")
-    p.add_argument("--data", default=str(WIKITEXT))
-    for name, default in (("steps", 300), ("seq-len", 128), ("vocab-size", 4096), ("batch", 16), ("micro-batch", 16),
-                          ("evals", 5), ("eval-batches", 16), ("seed", 0), ("threads", 1), ("nproc", 1), ("parallel", 1)):
-        p.add_argument(f"--{name}", type=int, default=default)
-    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="a sweep over these values")
-    p.add_argument("--extra", nargs="+", default=[], help="overrides for every run")
-    p.add_argument("--keep-going", action="store_true", help="record a failed run and go on")
+    p = parser(__doc__, None, model="20m", data=str(WIKITEXT), steps=300, seq_len=128, vocab_size=4096, batch=16,
+               micro_batch=16, evals=5, eval_batches=16, seed=0, threads=1, nproc=1,
+               parallel=(1, "runs at once (on a GPU the 20m runs leave it mostly idle)"),
+               extra=([], "overrides for every run"),
+               keep_going=(False, "record a failed run and go on (--grid: always)"))
+    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="a sweep: a run per point of the product")
     args = p.parse_args(options)
     if len(pairs) % 2:
         p.error("runs come in pairs after `--`: label \"overrides\"")

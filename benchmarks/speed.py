@@ -85,18 +85,11 @@ def finish_rows(rows: list[dict], args) -> None:
 
 def main(argv=None) -> dict:
     options, overrides = split_overrides(argv)
-    p = parser(__doc__, "speed")
+    p = parser(__doc__, "speed", vocab=(4096, "the trained tokenizer's size (as in the quality runs)"), batch=8,
+               seq_len=128, repeats=12, threads=1, compile=(False, "also each combination with compiled blocks"),
+               steps_per_sample=(1, "training steps per timed sample"),
+               hook_steps=(0, "amortise the strategy hook's periodic work over 1..N"))
     p.add_argument("--sizes", "--size", nargs="+", default=["20m"])
-    p.add_argument("--vocab", type=int, default=4096, help="the trained tokenizer's size (as in the quality runs)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=12)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
-    p.add_argument("--compile", action="store_true", help="also each combination with compiled blocks")
-    p.add_argument("--steps-per-sample", type=int, default=1, help="training steps per timed sample")
-    p.add_argument("--hook-steps", type=int, default=0, help="amortise the strategy hook's periodic work over 1..N")
     add_combo_args(p)
     args = p.parse_args(options)
     if args.compile:  # a twin of each combination: "<label> compiled", train.compile=true
