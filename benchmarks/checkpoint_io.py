@@ -71,13 +71,13 @@ def checkpoint_bytes(root: str) -> int:
 
 def main(argv=None) -> dict:
     args = parser(__doc__, "checkpoint_io", size="350m", vocab=(32000, "model vocabulary (the papers' tokenizer)"),
-                  work_dir=(None, "run directory parent (default: a temporary folder)"), threads=2,
+                  threads=2,
                   verify=["sizes", "full", "off"], repeats=(2, "resumes per mode (the fastest is reported)"),
                   rev=(None, "measure this git revision's tree instead"),
                   script_rev=(None, "with --rev: the revision whose copy of this script runs")).parse_args(argv)
     if args.rev:
         return at_revision(args, list(sys.argv[2:] if argv is None else argv))
-    out = args.work_dir or tempfile.mkdtemp(prefix="ckpt-io-")
+    out = tempfile.mkdtemp(prefix="ckpt-io-")
     overrides = [f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32", "data.vocab_size=512",
                  "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1", "train.keep_last=1",
                  f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}", "run.name=bench"]
@@ -89,8 +89,7 @@ def main(argv=None) -> dict:
     report = {"command": command("checkpoint_io", argv), "size": args.size, "vocab": args.vocab,
               **time_save(trainer), "resume_s": time_resumes(args, cfg, run_dir, trainer, corpus)}
     write_json(args, report)
-    if args.work_dir is None:
-        shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
     dist.destroy()
     return report
 

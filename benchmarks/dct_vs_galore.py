@@ -1,6 +1,6 @@
 """Optimizer step cost of dct_adamw against the published GaLore (galore-torch), same process, same matrices.
 
-    python -m benchmarks dct_vs_galore [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1] [--all]
+    python -m benchmarks dct_vs_galore [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1]
 
 The matrices are every block's seven projections, with fixed random gradients. The optimizers step in
 alternation and each ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels
@@ -50,11 +50,6 @@ def make_optimizers(shapes, grads, args) -> dict:
         "galore_torch": GaLoreAdamW([{"params": params(), "rank": args.rank, "update_proj_gap": args.gap, "scale": 0.25,
                                       "proj_type": "std"}], lr=1e-3, no_deprecation_warning=True),
     }
-    if args.all:
-        opts["dct_adamw (matmul refresh)"] = LowRankAdamW([{"params": params(), "projected": True}], lr=1e-3, rank=args.rank,
-                                                          update_gap=args.gap, fast_dct="off")
-        opts["galore_adamw (ours, svd)"] = LowRankAdamW([{"params": params(), "projected": True}], lr=1e-3, rank=args.rank,
-                                                        update_gap=args.gap, projector="svd", scale=0.25, rotate_moments=False)
     opts["adamw (torch, full rank)"] = torch.optim.AdamW(params(), lr=1e-3, foreach=False)
     return opts
 
@@ -103,7 +98,7 @@ def run(args, argv) -> dict:
 
 def main(argv=None) -> dict:
     p = parser(__doc__, "dct_vs_galore", rank=256, gap=(5, "update gap: steps 0, gap, 2 gap, ... refresh"), steps=11,
-               threads=1, all=(False, "also our svd projector and the matmul (non-FFT) DCT refresh"))
+               threads=1)
     p.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:

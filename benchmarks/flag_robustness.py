@@ -39,10 +39,6 @@ def agg_overrides(args, agg: str) -> list[str]:
     return [o.format(m_spec=m_spec) for o in AGGS[agg]] + extra
 
 
-def byzantine_ranks(args) -> list[int]:
-    return list(range(1, args.byzantine + 1))
-
-
 def base_overrides(args, out_dir: Path, cache: Path) -> list[str]:
     return [
         "model.size=debug", f"data.seq_len={args.seq_len}", "data.vocab_size=512", f"train.steps={args.steps}",
@@ -53,28 +49,21 @@ def base_overrides(args, out_dir: Path, cache: Path) -> list[str]:
     ]
 
 
-def final_val_loss(run_dir: Path) -> float:
-    records = read_metrics(run_dir)
-    vals = [r["val/loss"] for r in records if "val/loss" in r and r["step"] > 0]
-    return float(vals[-1]) if vals else float("nan")
-
-
-def logged_median(run_dir: Path, key: str) -> float | None:
-    """The median over steps of a logged metric (None if the aggregator logs none)."""
-    records = read_metrics(run_dir)
-    values = sorted(r[key] for r in records if key in r)
-    return values[len(values) // 2] if values else None
-
-
 def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -> dict:
     proc, wall = run_train([*base_overrides(args, out_dir, cache), f"run.name={name}", *overrides], args.nproc)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    run_dir = out_dir / name
-    weights = [logged_median(run_dir, f"agg/weight_rank{r}") for r in byzantine_ranks(args)]
-    result = {"val_loss": final_val_loss(run_dir), "byzantine_weights": weights,
+    records = read_metrics(out_dir / name)
+
+    def median(key: str) -> float | None:  # over steps (None if the aggregator logs none)
+        values = sorted(r[key] for r in records if key in r)
+        return values[len(values) // 2] if values else None
+
+    vals = [r["val/loss"] for r in records if "val/loss" in r and r["step"] > 0]
+    weights = [median(f"agg/weight_rank{r}") for r in args.byzantine_ranks]
+    result = {"val_loss": float(vals[-1]) if vals else float("nan"), "byzantine_weights": weights,
               "byzantine_weight": max(weights) if None not in weights else None,
-              "mean_cosine": logged_median(run_dir, "agg/mean_cosine"), "wall_s": wall}
+              "mean_cosine": median("agg/mean_cosine"), "wall_s": wall}
     print(f"  {name:<32} val loss {result['val_loss']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
     return result
 
@@ -86,7 +75,7 @@ def ratio(results: dict, key: str, clean: float) -> float:
 
 def loss_table(args, results: dict, clean: float) -> list[str]:
     header = f"{'attack':<16}" + "".join(f"{a:>20}" for a in args.aggs)
-    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {byzantine_ranks(args)} of {args.nproc}", header]
+    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of {args.nproc}", header]
     for attack in ["clean", *args.attacks]:
         cells = []
         for agg in args.aggs:
@@ -123,7 +112,7 @@ def weight_table(args, results: dict) -> list[str]:
     if not aggs:
         return []
     cosines = [results[f"clean/{a}"]["mean_cosine"] for a in aggs if results.get(f"clean/{a}", {}).get("mean_cosine") is not None]
-    lines = ["", f"weight of Byzantine ranks {byzantine_ranks(args)} in the aggregate "
+    lines = ["", f"weight of Byzantine ranks {args.byzantine_ranks} in the aggregate "
                  "(the largest, median over steps; 1 = fully used, 0 = ignored)"]
     if cosines:
         lines.append(f"workers' mean pairwise gradient cosine in the clean {aggs[0]} run (median over steps): {cosines[0]:.3f}")
@@ -143,6 +132,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not 1 <= args.byzantine < args.nproc or args.batch % args.nproc:
         p.error("--byzantine must be in 1..nproc-1 and --batch a multiple of --nproc")
+    args.byzantine_ranks = list(range(1, args.byzantine + 1))
     return args
 
 
@@ -154,7 +144,7 @@ def run_all(args) -> dict[str, dict]:
     for agg in args.aggs:
         if agg != "mean":
             results[f"clean/{agg}"] = run_one(args, f"clean-{agg}", agg_overrides(args, agg), out_dir, cache)
-    faults = [f"faults.byzantine_ranks=[{','.join(map(str, byzantine_ranks(args)))}]"]
+    faults = [f"faults.byzantine_ranks=[{','.join(map(str, args.byzantine_ranks))}]"]
     for attack in args.attacks:
         for agg in args.aggs:
             overrides = [*agg_overrides(args, agg), *faults, f"faults.attack={attack}"]
@@ -165,13 +155,13 @@ def run_all(args) -> dict[str, dict]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     print(f"{args.nproc} processes, debug model, {args.steps} steps, seq {args.seq_len}, batch {args.batch}, "
-          f"Byzantine ranks {byzantine_ranks(args)}, seed {args.seed}", flush=True)
+          f"Byzantine ranks {args.byzantine_ranks}, seed {args.seed}", flush=True)
     results = run_all(args)
     clean = results["clean/mean"]["val_loss"]
     verdict = verdicts(args, results, clean)
     lines = loss_table(args, results, clean) + verdict_lines(args, verdict) + weight_table(args, results)
     print("\n".join(lines))
-    args_out = {**vars(args), "results_dir": relative(str(args.results_dir)), "byzantine_ranks": byzantine_ranks(args)}
+    args_out = {**vars(args), "results_dir": relative(str(args.results_dir))}
     record = {"args": args_out, "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines}
     write_json(args, record)
     return record

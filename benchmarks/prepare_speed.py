@@ -125,10 +125,8 @@ def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
 
 def main(argv=None) -> dict:
     args = parser(__doc__, "prepare_speed", mb=200, repeats=1, workers=(0, "prepare's processes (0: one per core)"),
-                  dir=(None, "where the text and caches go (default: a temporary folder)"),
                   text=(None, "a text file to use instead of the repeated corpus")).parse_args(argv)
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="prepare-speed-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="prepare-speed-"))
     if args.text and args.results_dir == RESULTS:
         args.results_dir = workdir  # another text's figures are not the documented ones
     text = Path(args.text) if args.text else workdir / f"corpus-{args.mb}mb.txt"
