@@ -61,8 +61,7 @@ def at_revision(args, argv) -> dict:
         subprocess.run([sys.executable, str(script), *(a for a in argv if a not in skip)], cwd=tree, check=True)
         report = json.loads(Path(tree, "benchmarks", "results", "checkpoint_io.json").read_text())
     report["command"] = command("checkpoint_io", argv)
-    write_json(args, report)
-    return report
+    return write_json(args, report)
 
 
 def checkpoint_bytes(root: str) -> int:

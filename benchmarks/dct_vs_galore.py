@@ -14,6 +14,7 @@ import time
 import torch
 
 from benchmarks.harness import command, parser, state_tensors, tensor_bytes, write_json
+from benchmarks.report import dct_section
 from models import LLAMA_SIZES
 from optim import projectors
 from optim.lowrank_adam import LowRankAdamW
@@ -103,9 +104,5 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
         p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
-    report = run(args, argv)
-    write_json(args, report)
-    from benchmarks.report import dct_section
-
-    print(dct_section(report) + f"(dct_adamw's shared basis cache: {report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
-    return report
+    return write_json(args, run(args, argv), lambda r: dct_section(r) + "(dct_adamw's shared basis cache: "
+                      f"{r['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")

@@ -87,5 +87,4 @@ def main(argv=None) -> dict:
     print("\n".join(lines))
     report = {"args": {**vars(args), "results_dir": relative(str(args.results_dir))}, "results": results,
               "ratios": ratios, "table": lines}
-    write_json(args, report)
-    return report
+    return write_json(args, report)

@@ -163,5 +163,4 @@ def main(argv=None) -> dict:
     print("\n".join(lines))
     args_out = {**vars(args), "results_dir": relative(str(args.results_dir))}
     record = {"args": args_out, "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines}
-    write_json(args, record)
-    return record
+    return write_json(args, record)

@@ -70,13 +70,18 @@ def relative(text: str) -> str:
     return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
 
 
-def write_json(args, report: dict, suffix: str = ".json") -> Path:
+def write_json(args, report: dict, show=None, plot=None) -> dict:
+    """<out>.json (the report dated in place), then plot(<out>.png) and print(show(report)), if given."""
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{args.out}{suffix}"
-    report.setdefault("date", time.strftime("%Y-%m-%d"))  # in place: the caller prints the dated report
+    path = args.results_dir / f"{args.out}.json"
+    report.setdefault("date", time.strftime("%Y-%m-%d"))
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {relative(str(path))}", flush=True)
-    return path
+    if plot:
+        plot(args.results_dir / f"{args.out}.png")
+    if show:
+        print(show(report))
+    return report
 
 
 def pyplot():

@@ -16,6 +16,7 @@ import sys
 
 from benchmarks.harness import ROOT, VOCAB, add_combo_args, combos, command, parser, pyplot, split_overrides
 from benchmarks.harness import stacked_bars, write_json
+from benchmarks.report import memory_section
 
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
 
@@ -127,9 +128,4 @@ def main(argv=None) -> dict:
     rows = sorted(with_ratios(rows), key=lambda r: args.sizes.index(r["size"]))
     report = {"command": command("memory", argv), "batch": args.batch, "seq_len": args.seq_len, "device": args.device,
               "rows": rows, **({"largest_fit": fits} if args.fit else {})}
-    write_json(args, report)
-    plot(rows, args.results_dir / f"{args.out}.png")
-    from benchmarks.report import memory_section
-
-    print(memory_section(report))
-    return report
+    return write_json(args, report, memory_section, lambda path: plot(rows, path))

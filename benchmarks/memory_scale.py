@@ -159,7 +159,4 @@ def main(argv=None) -> dict:
         out["best_over_today_1b"] = one[BEST]["bytes"]["total"] / one[TODAY]["bytes"]["total"]
     if args.real:
         out["real"] = real_checks(results)
-    write_json(args, out)
-    plot(results, args.results_dir / f"{args.out}.png")
-    print(memory_scale_section(out, None, None))
-    return out
+    return write_json(args, out, lambda r: memory_scale_section(r, None, None), lambda path: plot(results, path))

@@ -142,7 +142,6 @@ def main(argv=None) -> dict:
     for _ in range(args.repeats):
         one_round(runs, cfg, text, tok_path, workdir, workers)
     result = {"command": command("prepare_speed", argv), **summary(runs, text, workers, tokenizer_s)}
-    write_json(args, result)
-    print(f"tokenizer training {tokenizer_s:.1f} s; prepare is {result['speedup_vs_serial_lines']:.2f}x the former "
-          f"path, {result['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs")
-    return result
+    return write_json(args, result, lambda r: f"tokenizer training {tokenizer_s:.1f} s; prepare is "
+                      f"{r['speedup_vs_serial_lines']:.2f}x the former path, {r['speedup_vs_serial_paragraphs']:.2f}x its "
+                      "loop on paragraphs")

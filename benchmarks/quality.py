@@ -20,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.harness import ROOT, command, parser, pyplot, read_metrics, relative, run_train, split_overrides
 from benchmarks.harness import write_json
+from benchmarks.report import quality_table
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
@@ -114,9 +115,5 @@ def main(argv=None) -> dict:
         results = list(pool.map(lambda run: run_one(*run, args), runs))
     report = {"command": command("quality", argv), "settings": [relative(o) for o in base_overrides(args) + args.extra],
               "results": results}
-    write_json(args, report)
-    plot(results, args.results_dir / f"{args.out}.png", f"{args.model}, {args.steps} steps")
-    from benchmarks.report import quality_table
-
-    print(quality_table(report, best_first=bool(args.grid)))
-    return report
+    return write_json(args, report, lambda r: quality_table(r, best_first=bool(args.grid)),
+                      lambda path: plot(results, path, f"{args.model}, {args.steps} steps"))

@@ -18,6 +18,7 @@ import torch
 
 from benchmarks.harness import add_combo_args, build, combos, command, engine_ops, parser, split_overrides
 from benchmarks.harness import sync, timed, timed_round_robin, train_step, write_json
+from benchmarks.report import speed_section
 
 
 def build_all(args, overrides: list[str], size: str) -> tuple[dict, dict]:
@@ -106,8 +107,4 @@ def main(argv=None) -> dict:
     report |= {"rows": rows, "not_supported": skipped}
     if args.device == "cuda":
         report |= {"gpu": torch.cuda.get_device_name(), "peak_allocated": torch.cuda.max_memory_allocated()}
-    write_json(args, report)
-    from benchmarks.report import speed_section
-
-    print(speed_section(report))
-    return report
+    return write_json(args, report, speed_section)
