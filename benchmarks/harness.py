@@ -5,7 +5,6 @@ would (one process or torchrun) and run functions in gloo process groups. Strate
 from __future__ import annotations
 
 import argparse
-import ctypes
 import itertools
 import json
 import os
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))  # the strategies' packages, however the harness w
 import agg  # noqa: E402,F401  (registers strategies)
 import optim  # noqa: E402,F401
 import param  # noqa: E402,F401
-from models import Llama, projection_modules, shape_for  # noqa: E402
+from models import Llama, shape_for  # noqa: E402
 from trainer.compile import maybe_compile  # noqa: E402
 from trainer.config import Config, resolve  # noqa: E402
 from trainer.metrics import tensor_bytes  # noqa: E402
@@ -201,12 +200,6 @@ def state_bytes(b: Built, keep=None) -> dict:
     }
 
 
-def projection_bytes(b: Built) -> dict:
-    """state_bytes of the seven block projections only: what a weight-side method replaces."""
-    prefixes = tuple(f"{name}." for name, _, _, _ in projection_modules(b.model))
-    return state_bytes(b, lambda n: n.startswith(prefixes))
-
-
 def train_step(b: Built, tokens: torch.Tensor, step: int = 1, autocast: bool = False) -> float:
     """Forward, backward, optimizer step and (with ops) the strategy's step hook, as train.py's step."""
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -224,24 +217,6 @@ def train_step(b: Built, tokens: torch.Tensor, step: int = 1, autocast: bool = F
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()  # a GPU step is done when its kernels are, not when Python returns
-
-
-def trim_and_reset_peak() -> None:
-    """Return freed heap to the OS and reset the kernel's peak-RSS counter (VmHWM) of this process."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def rss_bytes(field: str = "VmRSS") -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def timed(fn, *args, **kwargs):

@@ -10,6 +10,7 @@ process's before the model existed; on a GPU, the allocator's peak. Ratios are a
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -21,10 +22,29 @@ from benchmarks.report import memory_section
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
 
 
+def trim_and_reset_peak() -> None:
+    """Return freed heap to the OS and reset the kernel's peak-RSS counter (VmHWM) of this process."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def rss_bytes(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: str, bf16: bool) -> dict:
     import torch
 
-    from benchmarks.harness import build, projection_bytes, rss_bytes, state_bytes, train_step, trim_and_reset_peak
+    from benchmarks.harness import build, state_bytes, train_step
+    from models import projection_modules
 
     torch.set_num_threads(1)
     baseline = rss_bytes()  # the interpreter and libraries, before any model tensor exists
@@ -32,8 +52,9 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB, (batch, seq_len + 1), generator=gen).to(device)
     train_step(b, tokens, autocast=bf16)  # the first step allocates gradients and optimizer state
+    prefixes = tuple(f"{name}." for name, _, _, _ in projection_modules(b.model))  # the seven block projections
     out = {"size": size, "label": combo["label"], "param": combo["param"], "optim": combo["optim"], **state_bytes(b),
-           "projections": projection_bytes(b)}
+           "projections": state_bytes(b, lambda n: n.startswith(prefixes))}  # what a weight-side method replaces
     if peak and device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         train_step(b, tokens, autocast=bf16)
