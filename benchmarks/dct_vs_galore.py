@@ -27,15 +27,6 @@ def block_shapes(size: str) -> list[tuple[int, int]]:
     return [(h, h)] * 4 * s.num_layers + [(i, h), (i, h), (h, i)] * s.num_layers
 
 
-def state_bytes(optimizer) -> int:
-    """galore-torch keeps P inside a Python projector object: state_tensors finds it there."""
-    return tensor_bytes(t for state in optimizer.state.values() for v in state.values() for t in state_tensors(v))
-
-
-def basis_cache_bytes() -> int:
-    return tensor_bytes(projectors._CACHE.values())
-
-
 def make_optimizers(shapes, grads, args) -> dict:
     from galore_torch import GaLoreAdamW
 
@@ -78,9 +69,12 @@ def run(args, argv) -> dict:
     times, rows = time_steps(opts, args), {}
     for name, opt in opts.items():
         refresh = times[name]["refresh"][1:] or times[name]["refresh"]  # step 0 also allocates the state
+        # galore-torch keeps P inside a Python projector object: state_tensors finds it there.
+        state = tensor_bytes(t for s in opt.state.values() for v in s.values() for t in state_tensors(v))
+        cache = tensor_bytes(projectors._CACHE.values()) * name.startswith("dct")
         rows[name] = {"refresh_ms_median": 1e3 * statistics.median(refresh) if not name.startswith("adamw") else None,
                       "steady_ms_median": 1e3 * statistics.median(times[name]["steady"]),
-                      "state_bytes": state_bytes(opt), "basis_cache_bytes": basis_cache_bytes() * name.startswith("dct"),
+                      "state_bytes": state, "basis_cache_bytes": cache,
                       "refresh_samples_ms": [1e3 * t for t in times[name]["refresh"]],
                       "steady_samples_ms": [1e3 * t for t in times[name]["steady"]]}
     dct, galore = rows["dct_adamw"], rows["galore_torch"]
