@@ -64,10 +64,6 @@ def at_revision(args, argv) -> dict:
     return write_json(args, report)
 
 
-def checkpoint_bytes(root: str) -> int:
-    return sum(os.path.getsize(os.path.join(b, n)) for b, _, names in os.walk(root) for n in names)
-
-
 def main(argv=None) -> dict:
     args = parser(__doc__, "checkpoint_io", size="350m", vocab=(32000, "model vocabulary (the papers' tokenizer)"),
                   threads=2,
@@ -101,7 +97,8 @@ def time_save(trainer) -> dict:
     trainer.save()
     save_s = time.perf_counter() - start
     os.sync()  # nor the save's own writes inside the timed resumes
-    return {"save_s": save_s, "checkpoint_bytes": checkpoint_bytes(trainer.checkpointer.root)}
+    walk = os.walk(trainer.checkpointer.root)
+    return {"save_s": save_s, "checkpoint_bytes": sum(os.path.getsize(os.path.join(b, n)) for b, _, ns in walk for n in ns)}
 
 
 def time_resumes(args, cfg, run_dir, trainer, corpus) -> dict:

@@ -67,12 +67,13 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
     return out
 
 
-def run_child(args, size: str, combo, peak: bool) -> dict:
+def run_child(args, size: str, combo, peak: bool, refused: str | None) -> dict:
+    """child() in a fresh process; a refused or failed combination's row holds its one-line error instead."""
     spec = [size, combo._asdict(), args.batch, args.seq_len, peak, args.device, args.bf16]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
-                          capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    proc = refused or subprocess.run([sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
+                                     capture_output=True, text=True, cwd=ROOT)
+    if refused or proc.returncode != 0:
+        error = refused or (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return {"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": error}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -94,10 +95,7 @@ def with_ratios(rows: list[dict]) -> list[dict]:
         base = ref.get(r["size"])
         if "error" in r or base is None:
             continue
-
-        def state(x):
-            return x["trainable"] + x["grads"] + x["optim_state"]
-
+        state = lambda x: x["trainable"] + x["grads"] + x["optim_state"]  # noqa: E731
         r["model_state_ratio"] = state(r) / state(base)  # trainable params + grads + optimizer state
         r["optim_state_ratio"] = r["optim_state"] / base["optim_state"]
         r["grad_optim_ratio"] = (r["grads"] + r["optim_state"]) / (base["grads"] + base["optim_state"])
@@ -126,8 +124,7 @@ def measure(args, overrides: list[str]) -> tuple[list[dict], dict]:
     for combo in combos(args, overrides):
         refused = refusal(combo)
         for size in args.sizes:
-            row = ({"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": refused}
-                   if refused else run_child(args, size, combo, peak=args.fit or size == args.peak_size))
+            row = run_child(args, size, combo, args.fit or size == args.peak_size, refused)
             rows.append(row)
             print(f"[memory] {size} {combo.label}: {row.get('error', 'ok')}", flush=True)
             if "error" in row and args.fit:

@@ -89,6 +89,7 @@ def same_tokens(workdir: Path, names) -> None:
 
 
 def timed(fn) -> tuple[int, float, float]:
+    """(fn's result, its wall seconds, its CPU seconds: what the work costs, whatever the load)."""
     start, cpu = time.perf_counter(), cpu_seconds()
     n = fn()
     return n, time.perf_counter() - start, cpu_seconds() - cpu

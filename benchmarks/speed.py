@@ -21,18 +21,6 @@ from benchmarks.harness import sync, timed, timed_round_robin, train_step, write
 from benchmarks.report import speed_section
 
 
-def build_all(args, overrides: list[str], size: str) -> tuple[dict, dict]:
-    built, skipped = {}, {}
-    for c in combos(args, overrides):
-        try:
-            built[c.label] = build(size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len,
-                                   device=args.device)
-            engine_ops(built[c.label], args.device)
-        except (ValueError, ImportError, torch.OutOfMemoryError) as e:
-            skipped[c.label] = str(e).splitlines()[0]
-    return built, skipped
-
-
 def hook_cost(b, steps: int) -> float:
     """Seconds per step of the strategy's periodic hook work, amortised over steps 1..steps (see the top)."""
     if b.ops is None or steps < 2:
@@ -43,7 +31,14 @@ def hook_cost(b, steps: int) -> float:
 
 
 def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
-    built, skipped = build_all(args, overrides, size)
+    built, skipped = {}, {}
+    for c in combos(args, overrides):
+        try:
+            built[c.label] = build(size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len,
+                                   device=args.device)
+            engine_ops(built[c.label], args.device)
+        except (ValueError, ImportError, torch.OutOfMemoryError) as e:
+            skipped[c.label] = str(e).splitlines()[0]
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen).to(args.device)
     # The untimed first step allocates state, does the first refresh and compiles.
