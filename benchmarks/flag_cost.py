@@ -22,9 +22,7 @@ VARIANTS = {  # label -> (registry name, config overrides)
     "mean": ("mean", {}),
     "flag sharded": ("flag", {"mode": "sharded"}),
     "flag allgather": ("flag", {"mode": "allgather"}),
-    "median sharded": ("median", {"mode": "sharded"}),
-    "trimmed_mean sharded": ("trimmed_mean", {"mode": "sharded"}),
-    "multi_krum sharded": ("multi_krum", {"mode": "sharded"}),
+    **{f"{name} sharded": (name, {"mode": "sharded"}) for name in ("median", "trimmed_mean", "multi_krum")},
 }
 
 

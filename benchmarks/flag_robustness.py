@@ -68,11 +68,6 @@ def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -
     return result
 
 
-def ratio(results: dict, key: str, clean: float) -> float:
-    loss = results[key]["val_loss"] if key in results else float("nan")
-    return loss / clean if math.isfinite(loss) else float("inf")
-
-
 def loss_table(args, results: dict, clean: float) -> list[str]:
     header = f"{'attack':<16}" + "".join(f"{a:>20}" for a in args.aggs)
     lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of {args.nproc}", header]
@@ -90,7 +85,8 @@ def verdicts(args, results: dict, clean: float) -> dict[str, dict]:
     """Each aggregator's worst ratio to the clean loss over the clean run and every attack."""
     out = {}
     for agg in args.aggs:
-        ratios = {t: ratio(results, f"{t}/{agg}", clean) for t in ["clean", *args.attacks]}
+        losses = {t: results.get(f"{t}/{agg}", {}).get("val_loss", float("nan")) for t in ["clean", *args.attacks]}
+        ratios = {t: loss / clean if math.isfinite(loss) else float("inf") for t, loss in losses.items()}
         worst = max(ratios, key=ratios.get)
         finite = math.isfinite(ratios[worst])  # a nan loss (diverged) is stored as None, JSON has no inf
         out[agg] = {"worst_attack": worst, "worst_ratio": ratios[worst] if finite else None,

@@ -56,11 +56,6 @@ def former_documents(path: str):
             yield row["text"]
 
 
-def cpu_seconds() -> float:
-    """This process's and its finished children's CPU time: what the work costs, whatever the load."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
-
-
 def _burn(n: int) -> float:
     start = time.perf_counter()
     x = 0
@@ -80,19 +75,15 @@ def free_cores(workers: int) -> float:
     return workers * one / (time.perf_counter() - start)
 
 
-def same_tokens(workdir: Path, names) -> None:
-    """The files hold the same tokens (prepare's are sentencepiece's own, not merely as many)."""
-    first = np.fromfile(workdir / names[0], dtype=np.uint16)
-    for name in names[1:]:
-        if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
-            raise SystemExit(f"{name} differs from {names[0]}: prepare's tokens are not sentencepiece's")
-
-
 def timed(fn) -> tuple[int, float, float]:
     """(fn's result, its wall seconds, its CPU seconds: what the work costs, whatever the load)."""
-    start, cpu = time.perf_counter(), cpu_seconds()
+    def cpu() -> float:  # this process's and its finished children's
+        usage = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return sum(r.ru_utime + r.ru_stime for r in usage)
+
+    start, cpu0 = time.perf_counter(), cpu()
     n = fn()
-    return n, time.perf_counter() - start, cpu_seconds() - cpu
+    return n, time.perf_counter() - start, cpu() - cpu0
 
 
 def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers: int) -> None:
@@ -109,7 +100,10 @@ def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers
                            "cpu_us_per_token": cpu / n * 1e6, "load_before": load})
         print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
               f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
-    same_tokens(workdir, ("b.bin", "c.bin", "d.bin"))
+    first = np.fromfile(workdir / "b.bin", dtype=np.uint16)  # prepare's tokens are sentencepiece's, not merely as many
+    for name in ("c.bin", "d.bin"):
+        if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
+            raise SystemExit(f"{name} differs from b.bin: prepare's tokens are not sentencepiece's")
 
 
 def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
@@ -144,5 +138,5 @@ def main(argv=None) -> dict:
         one_round(runs, cfg, text, tok_path, workdir, workers)
     result = {"command": command("prepare_speed", argv), **summary(runs, text, workers, tokenizer_s)}
     return write_json(args, result, lambda r: f"tokenizer training {tokenizer_s:.1f} s; prepare is "
-                      f"{r['speedup_vs_serial_lines']:.2f}x the former path, {r['speedup_vs_serial_paragraphs']:.2f}x its "
-                      "loop on paragraphs")
+                      f"{r['speedup_vs_serial_lines']:.2f}x the former path, "
+                      f"{r['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs")
