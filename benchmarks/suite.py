@@ -12,10 +12,11 @@ import argparse
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
-from benchmarks.harness import ROOT
+import torch
+
+from benchmarks.harness import ROOT, timed
 
 PLOTS = {"memory", "quality", "memory_scale"}  # the benchmarks that also draw <out>.png
 LONG = "--steps 400 --seq-len 128 --batch 16 --micro-batch 16"  # 20m, 400 steps x 2048 tokens
@@ -105,14 +106,10 @@ def run(entry: Entry, dry_run: bool) -> float | None:
     print(f"=== {entry.name} (~{entry.minutes:g} min, {entry.device}): {shown}", flush=True)
     if dry_run:
         return None
-    import torch
-
     if entry.device == "cuda" and not torch.cuda.is_available():
         print(f"=== {entry.name}: skipped, no CUDA GPU visible", flush=True)
         return None
-    start = time.perf_counter()
-    subprocess.run(entry.command(), cwd=ROOT, check=True)
-    return time.perf_counter() - start
+    return timed(subprocess.run, entry.command(), cwd=ROOT, check=True)[1]
 
 
 def main(argv=None) -> None:
