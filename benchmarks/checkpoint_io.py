@@ -14,13 +14,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import train
-from benchmarks.harness import ROOT, command, compose, make_engine, parser, write_json
+from benchmarks.harness import ROOT, command, compose, make_engine, parser, timed, write_json
 from trainer import data, dist
 from trainer.checkpoint import Checkpointer
 from trainer.loop import Trainer
@@ -66,17 +65,15 @@ def at_revision(args, argv) -> dict:
 
 def main(argv=None) -> dict:
     args = parser(__doc__, "checkpoint_io", size="350m", vocab=(32000, "model vocabulary (the papers' tokenizer)"),
-                  threads=2,
-                  verify=["sizes", "full", "off"], repeats=(2, "resumes per mode (the fastest is reported)"),
+                  threads=2, verify=["sizes", "full", "off"], repeats=(2, "resumes per mode (the fastest is reported)"),
                   rev=(None, "measure this git revision's tree instead"),
                   script_rev=(None, "with --rev: the revision whose copy of this script runs")).parse_args(argv)
     if args.rev:
         return at_revision(args, list(sys.argv[2:] if argv is None else argv))
     out = tempfile.mkdtemp(prefix="ckpt-io-")
-    overrides = [f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32", "data.vocab_size=512",
-                 "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1", "train.keep_last=1",
-                 f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}", "run.name=bench"]
-    cfg = compose(overrides)
+    cfg = compose([f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32", "data.vocab_size=512",
+                   "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1", "train.keep_last=1",
+                   f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}", "run.name=bench"])
     dist.set_threads(args.threads)
     run_dir = os.path.join(out, "bench")
     os.makedirs(run_dir, exist_ok=True)
@@ -93,9 +90,7 @@ def time_save(trainer) -> dict:
     trainer.train_step(0)  # the AdamW moments exist from here on
     trainer.state.step = 1
     os.sync()  # no earlier writes left to flush inside the timed save
-    start = time.perf_counter()
-    trainer.save()
-    save_s = time.perf_counter() - start
+    save_s = timed(trainer.save)[1]
     os.sync()  # nor the save's own writes inside the timed resumes
     walk = os.walk(trainer.checkpointer.root)
     return {"save_s": save_s, "checkpoint_bytes": sum(os.path.getsize(os.path.join(b, n)) for b, _, ns in walk for n in ns)}
@@ -107,8 +102,6 @@ def time_resumes(args, cfg, run_dir, trainer, corpus) -> dict:
         for mode in args.verify:
             cfg.train.verify_checkpoint = mode
             fresh, _ = build_trainer(cfg, run_dir, trainer.engine, corpus)
-            start = time.perf_counter()
-            fresh.maybe_resume()
-            times[mode].append(time.perf_counter() - start)
+            times[mode].append(timed(fresh.maybe_resume)[1])
             assert fresh.state.step == 1
     return {mode: min(t) for mode, t in times.items()}

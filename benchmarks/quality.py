@@ -43,8 +43,9 @@ def grid_runs(grid: list[str]) -> list[tuple[str, str]]:
 
 
 def run_one(label: str, extra: str, args) -> dict:
-    overrides = [*base_overrides(args), f"run.name={safe(label)}", *shlex.split(extra), *args.extra]
-    run_dir = args.results_dir / "runs" / args.out / safe(label)
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+    overrides = [*base_overrides(args), f"run.name={name}", *shlex.split(extra), *args.extra]
+    run_dir = args.results_dir / "runs" / args.out / name
     shutil.rmtree(run_dir, ignore_errors=True)  # its own output; a fresh run would append to metrics.jsonl
     proc, wall = run_train(overrides, args.nproc, args.threads)
     if proc.returncode != 0:
@@ -53,21 +54,12 @@ def run_one(label: str, extra: str, args) -> dict:
             sys.exit(error)
         print(f"[quality] {label}: FAILED {error[-500:]}", flush=True)
         return {"label": label, "overrides": extra, "error": error[-2000:]}
-    result = collect(label, extra, run_dir, wall)
-    print(f"[quality] {label}: final val loss {result['final_val_loss']:.4f} ({wall:.0f} s)", flush=True)
-    return result
-
-
-def safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
-
-
-def collect(label: str, extra: str, run_dir: Path, wall: float) -> dict:
     records = read_metrics(run_dir)
     val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
     train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
     speed = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r][1:]  # skip the warm-up step
     counts = next((r for r in records if "params/total" in r), {})
+    print(f"[quality] {label}: final val loss {val[-1][1]:.4f} ({wall:.0f} s)", flush=True)
     return {"label": label, "overrides": extra, "final_val_loss": val[-1][1], "first_val_loss": val[0][1],
             "val_curve": val, "train_curve": train, "tokens_per_s_median": statistics.median(speed) if speed else None,
             "params_trainable": counts.get("params/trainable"), "wall_s": wall}
