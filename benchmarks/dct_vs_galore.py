@@ -9,11 +9,10 @@ a shared machine's drifting load. Step 0 also allocates the state, so it is not 
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
-from benchmarks.harness import command, parser, state_tensors, tensor_bytes, write_json
+from benchmarks.harness import command, parser, state_tensors, tensor_bytes, timed, write_json
 from benchmarks.report import dct_section
 from models import LLAMA_SIZES
 from optim import projectors
@@ -54,9 +53,7 @@ def time_steps(opts: dict, args) -> dict[str, dict[str, list[float]]]:
         # The full-rank reference needs only a few steady steps.
         active = [n for n in opts if not (n.startswith("adamw") and step >= args.gap + 2)]
         for name in active:
-            start = time.perf_counter()
-            opts[name].step()
-            times[name][kind].append(time.perf_counter() - start)
+            times[name][kind].append(timed(opts[name].step)[1])
         print(f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active), flush=True)
     return times
 

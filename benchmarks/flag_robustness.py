@@ -157,6 +157,5 @@ def main(argv=None) -> dict:
     verdict = verdicts(args, results, clean)
     lines = loss_table(args, results, clean) + verdict_lines(args, verdict) + weight_table(args, results)
     print("\n".join(lines))
-    args_out = {**vars(args), "results_dir": relative(str(args.results_dir))}
-    record = {"args": args_out, "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines}
-    return write_json(args, record)
+    return write_json(args, {"args": {**vars(args), "results_dir": relative(str(args.results_dir))},
+                             "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines})

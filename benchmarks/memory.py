@@ -124,8 +124,7 @@ def measure(args, overrides: list[str]) -> tuple[list[dict], dict]:
     for combo in combos(args, overrides):
         refused = refusal(combo)
         for size in args.sizes:
-            row = run_child(args, size, combo, args.fit or size == args.peak_size, refused)
-            rows.append(row)
+            rows.append(row := run_child(args, size, combo, args.fit or size == args.peak_size, refused))
             print(f"[memory] {size} {combo.label}: {row.get('error', 'ok')}", flush=True)
             if "error" in row and args.fit:
                 break  # the next size would not fit either

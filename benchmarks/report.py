@@ -203,7 +203,6 @@ def targets(mem, q, d) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 PAPERS = """These are the papers' numbers (shared/METHODS.md), not ours; their setting (C4 or OpenWebText,
 thousands of steps, GPUs, bf16) differs from our CPU runs, so compare ratios, not values.
 
