@@ -71,9 +71,10 @@ def main(argv=None) -> dict:
     if args.rev:
         return at_revision(args, list(sys.argv[2:] if argv is None else argv))
     out = tempfile.mkdtemp(prefix="ckpt-io-")
-    cfg = compose([f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32", "data.vocab_size=512",
-                   "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1", "train.keep_last=1",
-                   f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}", "run.name=bench"])
+    cfg = compose([f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32",
+                   "data.vocab_size=512", "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1",
+                   "train.keep_last=1", f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}",
+                   "run.name=bench"])
     dist.set_threads(args.threads)
     run_dir = os.path.join(out, "bench")
     os.makedirs(run_dir, exist_ok=True)
@@ -93,7 +94,8 @@ def time_save(trainer) -> dict:
     save_s = timed(trainer.save)[1]
     os.sync()  # nor the save's own writes inside the timed resumes
     walk = os.walk(trainer.checkpointer.root)
-    return {"save_s": save_s, "checkpoint_bytes": sum(os.path.getsize(os.path.join(b, n)) for b, _, ns in walk for n in ns)}
+    size = sum(os.path.getsize(os.path.join(b, n)) for b, _, names in walk for n in names)
+    return {"save_s": save_s, "checkpoint_bytes": size}
 
 
 def time_resumes(args, cfg, run_dir, trainer, corpus) -> dict:

@@ -70,7 +70,8 @@ def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -
 
 def loss_table(args, results: dict, clean: float) -> list[str]:
     header = f"{'attack':<16}" + "".join(f"{a:>20}" for a in args.aggs)
-    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of {args.nproc}", header]
+    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of "
+             f"{args.nproc}", header]
     for attack in ["clean", *args.attacks]:
         cells = []
         for agg in args.aggs:

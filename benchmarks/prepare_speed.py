@@ -130,8 +130,7 @@ def main(argv=None) -> dict:
     cfg = DataConfig(source=str(text), cache_dir=str(workdir / "cache"), num_workers=args.workers)
     workers = args.workers or os.cpu_count()
     tok_path = data.tokenizer_path(cfg)
-    timing_path = tok_path if not os.path.exists(tok_path) else str(workdir / "tokenizer-timing.model")
-    _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, timing_path))  # timed apart, every run
+    _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, tok_path))  # timed apart: the cache dir is new
     print(f"tokenizer training: {tokenizer_s:.1f} s", flush=True)
     runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
     for _ in range(args.repeats):

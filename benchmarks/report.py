@@ -82,8 +82,9 @@ f"| {r['combo']} | {r['step_s'] * 1000:.0f} | {r['tokens_per_s']:.0f} | {fmt(r['
 def quality_table(q, best_first: bool = False) -> str:
     done = [r for r in q["results"] if "error" not in r]
     ref = done[0]["final_val_loss"] if done else None
+    failed = [f"| {r['label']} | `{r['overrides']}` | failed | | | | | |" for r in q["results"] if "error" in r]
     lines = table("run | overrides | trainable params | first val loss | final val loss | final ppl | loss vs full | "
-                  "tokens/s", [f"| {r['label']} | `{r['overrides']}` | failed | | | | | |" for r in q["results"] if "error" in r])
+                  "tokens/s", failed)
     for r in sorted(done, key=lambda r: r["final_val_loss"]) if best_first else done:
         lines.append(f"| {r['label']} | `{r['overrides']}` | {r['params_trainable'] or 0:,} | {r['first_val_loss']:.3f} | "
                      f"{r['final_val_loss']:.4f} | {2.718281828 ** r['final_val_loss']:.1f} | {r['final_val_loss'] / ref:.4f} | "
@@ -165,8 +166,8 @@ def summary(mem, speed, q) -> str:
     speed_rows = {r["combo"]: r for r in (speed or {}).get("rows", [])}
     quality = {r["label"]: r for r in (q or {}).get("results", [])}
     ref_loss = quality.get("full", {}).get("final_val_loss")
-    out = table("strategy | choice | model state vs full (130m) | grads + optimizer vs full (130m) | peak step memory vs "
-                "full (130m) | speed vs full (20m) | final val loss (20m) | loss vs full", [])
+    out = table("strategy | choice | model state vs full (130m) | grads + optimizer vs full (130m) | "
+                "peak step memory vs full (130m) | speed vs full (20m) | final val loss (20m) | loss vs full", [])
     for title, p, o, label in STRATEGIES:
         m = memory_row(mem, "130m", p, o) or {}
         sp = speed_rows.get(f"{p}+{o}", {})
