@@ -23,8 +23,6 @@ AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 
     "mean": ["agg=mean"],
     "flag": ["agg=flag"],  # the defaults: normalized aggregate, m = 1
     "flag_raw": ["agg=flag", "agg.normalized=false"],  # the spec (METHODS.md 5): raw aggregate, m = ceil((p + 1) / 2)
-    "flag_raw_m1": ["agg=flag", "agg.normalized=false", "agg.m=1"],
-    "flag_m2": ["agg=flag", "agg.m=2"],
     "flag_m_spec": ["agg=flag", "agg.m={m_spec}"],  # normalized, m = ceil((p + 1) / 2)
     "median": ["agg=median"],
     "trimmed_mean": ["agg=trimmed_mean"],
