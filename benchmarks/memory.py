@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from benchmarks.harness import ROOT, VOCAB, add_combo_args, combos, command, parser, pyplot, split_overrides
-from benchmarks.harness import stacked_bars, write_json
+from benchmarks.harness import build, stacked_bars, state_bytes, train_step, write_json
 from benchmarks.report import memory_section
 
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
@@ -43,7 +43,6 @@ def rss_bytes(field: str = "VmRSS") -> int:
 def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: str, bf16: bool) -> dict:
     import torch
 
-    from benchmarks.harness import build, state_bytes, train_step
     from models import projection_modules
 
     torch.set_num_threads(1)
@@ -76,17 +75,6 @@ def run_child(args, size: str, combo, peak: bool, refused: str | None) -> dict:
         error = refused or (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return {"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": error}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def refusal(combo) -> str | None:
-    """The one-line error of a combination the strategies refuse, found cheaply on the debug model."""
-    from benchmarks.harness import build
-
-    try:
-        build("debug", combo.param, combo.optim, combo.extra, vocab=256, seq_len=16)
-    except ValueError as e:
-        return f"ValueError: {e}"
-    return None
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -122,7 +110,11 @@ def plot(rows: list[dict], path) -> None:
 def measure(args, overrides: list[str]) -> tuple[list[dict], dict]:
     rows, fits = [], {}
     for combo in combos(args, overrides):
-        refused = refusal(combo)
+        try:  # a combination the strategies refuse: its one-line error, found cheaply on the debug model
+            build("debug", combo.param, combo.optim, combo.extra, vocab=256, seq_len=16)
+            refused = None
+        except ValueError as e:
+            refused = f"ValueError: {e}"
         for size in args.sizes:
             rows.append(row := run_child(args, size, combo, args.fit or size == args.peak_size, refused))
             print(f"[memory] {size} {combo.label}: {row.get('error', 'ok')}", flush=True)

@@ -36,12 +36,6 @@ def base_overrides(args) -> list[str]:
     ]
 
 
-def grid_runs(grid: list[str]) -> list[tuple[str, str]]:
-    """(label, overrides) for each point of the product of KEY=V1,V2,... lists."""
-    axes = [[f"{item.split('=', 1)[0]}={v}" for v in item.split("=", 1)[1].split(",")] for item in grid]
-    return [(" ".join(point), " ".join(point)) for point in itertools.product(*axes)]
-
-
 def run_one(label: str, extra: str, args) -> dict:
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     overrides = [*base_overrides(args), f"run.name={name}", *shlex.split(extra), *args.extra]
@@ -98,7 +92,10 @@ def parse(argv):
     if not Path(args.data).is_file():
         p.error(f"--data {args.data} does not exist")
     args.keep_going |= bool(args.grid)
-    return args, (grid_runs(args.grid) if args.grid else []) + list(zip(pairs[::2], pairs[1::2]))
+    # A grid's runs: (label, overrides) for each point of the product of its KEY=V1,V2,... lists.
+    axes = [[f"{item.split('=', 1)[0]}={v}" for v in item.split("=", 1)[1].split(",")] for item in args.grid]
+    grid = [(" ".join(point), " ".join(point)) for point in itertools.product(*axes)] if args.grid else []
+    return args, grid + list(zip(pairs[::2], pairs[1::2]))
 
 
 def main(argv=None) -> dict:
