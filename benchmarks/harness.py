@@ -232,9 +232,7 @@ def timed_round_robin(fns: dict[str, callable], repeats: int) -> dict[str, float
     times = {k: [] for k in fns}
     for i in range(repeats):
         for k in list(fns) if i % 2 == 0 else reversed(list(fns)):
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - start)
+            times[k].append(timed(fns[k])[1])
     return {k: statistics.median(v) for k, v in times.items()}
 
 
