@@ -1,7 +1,5 @@
 """Benchmarks, one command: `python -m benchmarks --list`; `python -m benchmarks <name> [options] [-- overrides]`.
-
-Each benchmark is benchmarks/<name>.py with a `main(argv)`; all of them build, time, measure, write JSON and
-plot through benchmarks/harness.py. `suite` is the registered list of runs behind every figure docs/ cite.
+Each is benchmarks/<name>.py with a `main(argv)` over benchmarks/harness.py; `suite` runs every cited figure.
 """
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
 """Checkpoint save and resume time, one process, through the trainer's own save() and maybe_resume().
 
-    python -m benchmarks checkpoint_io [--size 350m] [--vocab 32000] [--work-dir DIR] [--verify sizes full off]
     python -m benchmarks checkpoint_io --size 350m --rev d83f4ee^ --script-rev d83f4ee --out checkpoint_io_main
 
-Builds the model and engine as train.py does (param=full, optim=adamw, ZeRO-0, fp32), takes one training
-step so the AdamW moments exist, then times Trainer.save() (write, hash, seal) and, for each
-`train.verify_checkpoint` mode, a fresh Trainer's maybe_resume() (verify, load; the fastest of --repeats).
-The resume reads what the save just wrote, so the file pages are in the page cache: an upper bound on read
-speed. The save is timed to the page cache too (os.sync() before and after, untimed), as a run sees it. Writes
-<out>.json. --rev measures an older tree: a checkout of that git revision runs this script as it was at
---script-rev (the first revision with it, for a tree from before it; modes the tree lacks are skipped).
+One training step first, so the AdamW moments exist. The resume reads what the save just wrote, from the page
+cache: an upper bound on read speed; the save too is timed to the page cache (os.sync() around it, untimed).
+--rev measures an older tree running this script as at --script-rev (the first revision that has it).
 """
 from __future__ import annotations
 
@@ -19,13 +14,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import train
-from benchmarks.harness import ROOT, command, compose, make_engine, parser, write_json
+from benchmarks.harness import ROOT, command, compose, make_engine, parser, timed, write_json
 from trainer import data, dist
 from trainer.checkpoint import Checkpointer
 from trainer.loop import Trainer
@@ -66,32 +60,21 @@ def at_revision(args, argv) -> dict:
         subprocess.run([sys.executable, str(script), *(a for a in argv if a not in skip)], cwd=tree, check=True)
         report = json.loads(Path(tree, "benchmarks", "results", "checkpoint_io.json").read_text())
     report["command"] = command("checkpoint_io", argv)
-    write_json(args, report)
-    return report
-
-
-def checkpoint_bytes(root: str) -> int:
-    return sum(os.path.getsize(os.path.join(b, n)) for b, _, names in os.walk(root) for n in names)
+    return write_json(args, report)
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "checkpoint_io")
-    p.add_argument("--size", default="350m")
-    p.add_argument("--vocab", type=int, default=32000, help="model vocabulary (the papers' LLaMA tokenizer)")
-    p.add_argument("--work-dir", default=None, help="run directory parent (default: a temporary folder)")
-    p.add_argument("--verify", nargs="+", default=["sizes", "full", "off"])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="resumes per mode (the fastest is reported)")
-    p.add_argument("--rev", default=None, help="measure this git revision's tree instead")
-    p.add_argument("--script-rev", default=None, help="with --rev: the revision whose copy of this script runs")
-    args = p.parse_args(argv)
+    args = parser(__doc__, "checkpoint_io", size="350m", vocab=(32000, "model vocabulary (the papers' tokenizer)"),
+                  threads=2, verify=["sizes", "full", "off"], repeats=(2, "resumes per mode (the fastest is reported)"),
+                  rev=(None, "measure this git revision's tree instead"),
+                  script_rev=(None, "with --rev: the revision whose copy of this script runs")).parse_args(argv)
     if args.rev:
         return at_revision(args, list(sys.argv[2:] if argv is None else argv))
-    out = args.work_dir or tempfile.mkdtemp(prefix="ckpt-io-")
-    overrides = [f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32", "data.vocab_size=512",
-                 "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1", "train.keep_last=1",
-                 f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}", "run.name=bench"]
-    cfg = compose(overrides)
+    out = tempfile.mkdtemp(prefix="ckpt-io-")
+    cfg = compose([f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32",
+                   "data.vocab_size=512", "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1",
+                   "train.keep_last=1", f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}",
+                   "run.name=bench"])
     dist.set_threads(args.threads)
     run_dir = os.path.join(out, "bench")
     os.makedirs(run_dir, exist_ok=True)
@@ -99,8 +82,7 @@ def main(argv=None) -> dict:
     report = {"command": command("checkpoint_io", argv), "size": args.size, "vocab": args.vocab,
               **time_save(trainer), "resume_s": time_resumes(args, cfg, run_dir, trainer, corpus)}
     write_json(args, report)
-    if args.work_dir is None:
-        shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
     dist.destroy()
     return report
 
@@ -109,11 +91,11 @@ def time_save(trainer) -> dict:
     trainer.train_step(0)  # the AdamW moments exist from here on
     trainer.state.step = 1
     os.sync()  # no earlier writes left to flush inside the timed save
-    start = time.perf_counter()
-    trainer.save()
-    save_s = time.perf_counter() - start
+    save_s = timed(trainer.save)[1]
     os.sync()  # nor the save's own writes inside the timed resumes
-    return {"save_s": save_s, "checkpoint_bytes": checkpoint_bytes(trainer.checkpointer.root)}
+    walk = os.walk(trainer.checkpointer.root)
+    size = sum(os.path.getsize(os.path.join(b, n)) for b, _, names in walk for n in names)
+    return {"save_s": save_s, "checkpoint_bytes": size}
 
 
 def time_resumes(args, cfg, run_dir, trainer, corpus) -> dict:
@@ -122,8 +104,6 @@ def time_resumes(args, cfg, run_dir, trainer, corpus) -> dict:
         for mode in args.verify:
             cfg.train.verify_checkpoint = mode
             fresh, _ = build_trainer(cfg, run_dir, trainer.engine, corpus)
-            start = time.perf_counter()
-            fresh.maybe_resume()
-            times[mode].append(time.perf_counter() - start)
+            times[mode].append(timed(fresh.maybe_resume)[1])
             assert fresh.state.step == 1
     return {mode: min(t) for mode, t in times.items()}

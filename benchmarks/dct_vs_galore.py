@@ -1,23 +1,19 @@
 """Optimizer step cost of dct_adamw against the published GaLore (galore-torch), same process, same matrices.
 
-    python -m benchmarks dct_vs_galore [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1] [--all]
+    python -m benchmarks dct_vs_galore [--size 130m] [--rank 256] [--gap 5] [--steps 11] [--threads 1]
 
-The matrices are the seven projections of every block of the model size (130m: twelve blocks, 84 matrices),
-all projected, with fixed random gradients. Each optimizer runs with the same update gap, so steps
-0, gap, 2 gap, ... refresh the subspace (DCT: one transform and a top-r; GaLore: a thin SVD per matrix) and
-the others are steady steps. The optimizers step in alternation so both see the same machine load, and each
-ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels slow drifts of a
-shared machine's load. Step 0 (which also allocates the state) is not timed into the refresh median.
-Prints median times, state bytes and the ratios; writes <out>.json.
+The matrices are every block's seven projections, with fixed random gradients. The optimizers step in
+alternation and each ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels
+a shared machine's drifting load. Step 0 also allocates the state, so it is not in the refresh median.
 """
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
-from benchmarks.harness import command, parser, state_tensors, tensor_bytes, write_json
+from benchmarks.harness import command, parser, state_tensors, tensor_bytes, timed, write_json
+from benchmarks.report import dct_section
 from models import LLAMA_SIZES
 from optim import projectors
 from optim.lowrank_adam import LowRankAdamW
@@ -28,15 +24,6 @@ def block_shapes(size: str) -> list[tuple[int, int]]:
     s = LLAMA_SIZES[size]
     h, i = s.hidden, s.intermediate
     return [(h, h)] * 4 * s.num_layers + [(i, h), (i, h), (h, i)] * s.num_layers
-
-
-def state_bytes(optimizer) -> int:
-    """galore-torch keeps P inside a Python projector object: state_tensors finds it there."""
-    return tensor_bytes(t for state in optimizer.state.values() for v in state.values() for t in state_tensors(v))
-
-
-def basis_cache_bytes() -> int:
-    return tensor_bytes(projectors._CACHE.values())
 
 
 def make_optimizers(shapes, grads, args) -> dict:
@@ -54,11 +41,6 @@ def make_optimizers(shapes, grads, args) -> dict:
         "galore_torch": GaLoreAdamW([{"params": params(), "rank": args.rank, "update_proj_gap": args.gap, "scale": 0.25,
                                       "proj_type": "std"}], lr=1e-3, no_deprecation_warning=True),
     }
-    if args.all:
-        opts["dct_adamw (matmul refresh)"] = LowRankAdamW([{"params": params(), "projected": True}], lr=1e-3, rank=args.rank,
-                                                          update_gap=args.gap, fast_dct="off")
-        opts["galore_adamw (ours, svd)"] = LowRankAdamW([{"params": params(), "projected": True}], lr=1e-3, rank=args.rank,
-                                                        update_gap=args.gap, projector="svd", scale=0.25, rotate_moments=False)
     opts["adamw (torch, full rank)"] = torch.optim.AdamW(params(), lr=1e-3, foreach=False)
     return opts
 
@@ -71,9 +53,7 @@ def time_steps(opts: dict, args) -> dict[str, dict[str, list[float]]]:
         # The full-rank reference needs only a few steady steps.
         active = [n for n in opts if not (n.startswith("adamw") and step >= args.gap + 2)]
         for name in active:
-            start = time.perf_counter()
-            opts[name].step()
-            times[name][kind].append(time.perf_counter() - start)
+            times[name][kind].append(timed(opts[name].step)[1])
         print(f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active), flush=True)
     return times
 
@@ -86,9 +66,12 @@ def run(args, argv) -> dict:
     times, rows = time_steps(opts, args), {}
     for name, opt in opts.items():
         refresh = times[name]["refresh"][1:] or times[name]["refresh"]  # step 0 also allocates the state
+        # galore-torch keeps P inside a Python projector object: state_tensors finds it there.
+        state = tensor_bytes(t for s in opt.state.values() for v in s.values() for t in state_tensors(v))
+        cache = tensor_bytes(projectors._CACHE.values()) * name.startswith("dct")
         rows[name] = {"refresh_ms_median": 1e3 * statistics.median(refresh) if not name.startswith("adamw") else None,
                       "steady_ms_median": 1e3 * statistics.median(times[name]["steady"]),
-                      "state_bytes": state_bytes(opt), "basis_cache_bytes": basis_cache_bytes() * name.startswith("dct"),
+                      "state_bytes": state, "basis_cache_bytes": cache,
                       "refresh_samples_ms": [1e3 * t for t in times[name]["refresh"]],
                       "steady_samples_ms": [1e3 * t for t in times[name]["steady"]]}
     dct, galore = rows["dct_adamw"], rows["galore_torch"]
@@ -106,19 +89,11 @@ def run(args, argv) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "dct_vs_galore")
+    p = parser(__doc__, "dct_vs_galore", rank=256, gap=(5, "update gap: steps 0, gap, 2 gap, ... refresh"), steps=11,
+               threads=1)
     p.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
-    p.add_argument("--rank", type=int, default=256)
-    p.add_argument("--gap", type=int, default=5, help="update gap: steps 0, gap, 2 gap, ... refresh")
-    p.add_argument("--steps", type=int, default=11)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--all", action="store_true", help="also our svd projector and the matmul (non-FFT) DCT refresh")
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
         p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
-    report = run(args, argv)
-    write_json(args, report)
-    from benchmarks.report import dct_section
-
-    print(dct_section(report) + f"(dct_adamw's shared basis cache: {report['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
-    return report
+    return write_json(args, run(args, argv), lambda r: dct_section(r) + "(dct_adamw's shared basis cache: "
+                      f"{r['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")

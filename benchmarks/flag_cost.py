@@ -1,13 +1,9 @@
-"""Cost of robust aggregation, p = 4 gloo processes on the CPU: time per aggregate() call and bytes sent
-per rank, for `mean` (a plain bucketed all-reduce) against `flag` in its sharded collective form and
-in the all-gather reference form (and the other robust aggregators).
+"""Cost of robust aggregation, p gloo processes on the CPU: time per aggregate() call and bytes sent per rank,
+`mean` (a bucketed all-reduce) against `flag` sharded and all-gather forms and the other robust aggregators.
 
     python -m benchmarks flag_cost                     # n = the debug model's 166k and 4M coordinates
-    python -m benchmarks flag_cost --numel 1000000 --repeats 20
 
-Times: per call, the slowest rank's wall time (a barrier first), median over repeats. Bytes: counted
-from the collectives each aggregator issues (ring all-reduce 2(p-1)/p N, all-gather and all-to-all
-(p-1)/p of the gathered size), reported as `agg/bytes_sent`. Writes <out>.json.
+Time: the slowest rank's (a barrier first), median over repeats. Bytes: counted from the collectives issued.
 """
 from __future__ import annotations
 
@@ -26,9 +22,7 @@ VARIANTS = {  # label -> (registry name, config overrides)
     "mean": ("mean", {}),
     "flag sharded": ("flag", {"mode": "sharded"}),
     "flag allgather": ("flag", {"mode": "allgather"}),
-    "median sharded": ("median", {"mode": "sharded"}),
-    "trimmed_mean sharded": ("trimmed_mean", {"mode": "sharded"}),
-    "multi_krum sharded": ("multi_krum", {"mode": "sharded"}),
+    **{f"{name} sharded": (name, {"mode": "sharded"}) for name in ("median", "trimmed_mean", "multi_krum")},
 }
 
 
@@ -67,11 +61,7 @@ def measure(rank, world_size, numels, repeats, out_path):
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "flag_cost")
-    p.add_argument("--numel", type=int, nargs="+", default=[166_208, 4_194_304])
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--nproc", type=int, default=4)
-    args = p.parse_args(argv)
+    args = parser(__doc__, "flag_cost", numel=[166_208, 4_194_304], repeats=10, nproc=4).parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tmp = Path(tempfile.mkdtemp(prefix="flag-cost-")) / "raw.json"
     run_distributed(measure, args.nproc, args.numel, args.repeats, str(tmp))
@@ -95,5 +85,4 @@ def main(argv=None) -> dict:
     print("\n".join(lines))
     report = {"args": {**vars(args), "results_dir": relative(str(args.results_dir))}, "results": results,
               "ratios": ratios, "table": lines}
-    write_json(args, report)
-    return report
+    return write_json(args, report)

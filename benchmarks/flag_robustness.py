@@ -1,21 +1,14 @@
-"""Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of `mean` and of
-`flag` variants (and any other aggregator listed) against a clean `mean` run with the same seed and steps.
+"""Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of each aggregator
+against a clean `mean` run with the same seed and steps (acceptance: every attack within --tolerance).
 
     python -m benchmarks flag_robustness                  # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
     python -m benchmarks flag_robustness --nproc 8 --byzantine 2 --out flag_robustness_p8   # ~20 min
-    python -m benchmarks flag_robustness --aggs mean flag flag_raw flag_m_spec   # the docs/flag.md columns
-    python -m benchmarks flag_robustness --aggs median multi_krum --out flag_robustness_baselines
-    python -m benchmarks flag_robustness --steps 40 --attacks sign_flip nan --aggs mean flag
 
-Prints a table, each aggregator's worst ratio to the clean loss against `--tolerance` (acceptance: every
-attack within 5%), and writes <out>.json. Each run is train.py under torchrun
-(the debug model on the built-in corpus), exactly as a user would start it. Byzantine ranks are 1..f.
-
-The default global batch, 256 sequences (64 per worker at p = 4, 32 at p = 8), is where the honest workers'
-gradients agree enough for a subspace method to tell them from an attacker: the logged `agg/mean_cosine` of
-the clean Flag run is recorded with the results. With 4 sequences per worker (`--batch 16`) the gradients
-are nearly orthogonal (mean pairwise cosine ~0.03-0.1 on the debug model), every 3 of the 4 workers span an
-equally good flag, and no flag-based aggregate can single the attacker out.
+Each run is train.py under torchrun (the debug model on the built-in corpus), as a user would start it.
+The default global batch, 256 sequences, is where the honest workers' gradients agree enough for a subspace
+method to tell them from an attacker: with 4 sequences per worker (`--batch 16`) they are nearly orthogonal
+(mean pairwise cosine ~0.03-0.1), every 3 of 4 workers span an equally good flag, and no flag-based aggregate
+can single the attacker out.
 """
 from __future__ import annotations
 
@@ -30,8 +23,6 @@ AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 
     "mean": ["agg=mean"],
     "flag": ["agg=flag"],  # the defaults: normalized aggregate, m = 1
     "flag_raw": ["agg=flag", "agg.normalized=false"],  # the spec (METHODS.md 5): raw aggregate, m = ceil((p + 1) / 2)
-    "flag_raw_m1": ["agg=flag", "agg.normalized=false", "agg.m=1"],
-    "flag_m2": ["agg=flag", "agg.m=2"],
     "flag_m_spec": ["agg=flag", "agg.m={m_spec}"],  # normalized, m = ceil((p + 1) / 2)
     "median": ["agg=median"],
     "trimmed_mean": ["agg=trimmed_mean"],
@@ -46,10 +37,6 @@ def agg_overrides(args, agg: str) -> list[str]:
     return [o.format(m_spec=m_spec) for o in AGGS[agg]] + extra
 
 
-def byzantine_ranks(args) -> list[int]:
-    return list(range(1, args.byzantine + 1))
-
-
 def base_overrides(args, out_dir: Path, cache: Path) -> list[str]:
     return [
         "model.size=debug", f"data.seq_len={args.seq_len}", "data.vocab_size=512", f"train.steps={args.steps}",
@@ -60,40 +47,29 @@ def base_overrides(args, out_dir: Path, cache: Path) -> list[str]:
     ]
 
 
-def final_val_loss(run_dir: Path) -> float:
-    records = read_metrics(run_dir)
-    vals = [r["val/loss"] for r in records if "val/loss" in r and r["step"] > 0]
-    return float(vals[-1]) if vals else float("nan")
-
-
-def logged_median(run_dir: Path, key: str) -> float | None:
-    """The median over steps of a logged metric (None if the aggregator logs none)."""
-    records = read_metrics(run_dir)
-    values = sorted(r[key] for r in records if key in r)
-    return values[len(values) // 2] if values else None
-
-
 def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -> dict:
     proc, wall = run_train([*base_overrides(args, out_dir, cache), f"run.name={name}", *overrides], args.nproc)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    run_dir = out_dir / name
-    weights = [logged_median(run_dir, f"agg/weight_rank{r}") for r in byzantine_ranks(args)]
-    result = {"val_loss": final_val_loss(run_dir), "byzantine_weights": weights,
+    records = read_metrics(out_dir / name)
+
+    def median(key: str) -> float | None:  # over steps (None if the aggregator logs none)
+        values = sorted(r[key] for r in records if key in r)
+        return values[len(values) // 2] if values else None
+
+    vals = [r["val/loss"] for r in records if "val/loss" in r and r["step"] > 0]
+    weights = [median(f"agg/weight_rank{r}") for r in args.byzantine_ranks]
+    result = {"val_loss": float(vals[-1]) if vals else float("nan"), "byzantine_weights": weights,
               "byzantine_weight": max(weights) if None not in weights else None,
-              "mean_cosine": logged_median(run_dir, "agg/mean_cosine"), "wall_s": wall}
+              "mean_cosine": median("agg/mean_cosine"), "wall_s": wall}
     print(f"  {name:<32} val loss {result['val_loss']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
     return result
 
 
-def ratio(results: dict, key: str, clean: float) -> float:
-    loss = results[key]["val_loss"] if key in results else float("nan")
-    return loss / clean if math.isfinite(loss) else float("inf")
-
-
 def loss_table(args, results: dict, clean: float) -> list[str]:
     header = f"{'attack':<16}" + "".join(f"{a:>20}" for a in args.aggs)
-    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {byzantine_ranks(args)} of {args.nproc}", header]
+    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of "
+             f"{args.nproc}", header]
     for attack in ["clean", *args.attacks]:
         cells = []
         for agg in args.aggs:
@@ -108,7 +84,8 @@ def verdicts(args, results: dict, clean: float) -> dict[str, dict]:
     """Each aggregator's worst ratio to the clean loss over the clean run and every attack."""
     out = {}
     for agg in args.aggs:
-        ratios = {t: ratio(results, f"{t}/{agg}", clean) for t in ["clean", *args.attacks]}
+        losses = {t: results.get(f"{t}/{agg}", {}).get("val_loss", float("nan")) for t in ["clean", *args.attacks]}
+        ratios = {t: loss / clean if math.isfinite(loss) else float("inf") for t, loss in losses.items()}
         worst = max(ratios, key=ratios.get)
         finite = math.isfinite(ratios[worst])  # a nan loss (diverged) is stored as None, JSON has no inf
         out[agg] = {"worst_attack": worst, "worst_ratio": ratios[worst] if finite else None,
@@ -130,7 +107,7 @@ def weight_table(args, results: dict) -> list[str]:
     if not aggs:
         return []
     cosines = [results[f"clean/{a}"]["mean_cosine"] for a in aggs if results.get(f"clean/{a}", {}).get("mean_cosine") is not None]
-    lines = ["", f"weight of Byzantine ranks {byzantine_ranks(args)} in the aggregate "
+    lines = ["", f"weight of Byzantine ranks {args.byzantine_ranks} in the aggregate "
                  "(the largest, median over steps; 1 = fully used, 0 = ignored)"]
     if cosines:
         lines.append(f"workers' mean pairwise gradient cosine in the clean {aggs[0]} run (median over steps): {cosines[0]:.3f}")
@@ -142,17 +119,15 @@ def weight_table(args, results: dict) -> list[str]:
 
 
 def parse_args(argv):
-    p = parser(__doc__, "flag_robustness")
-    for name, default, what in (("steps", 100, None), ("seq-len", 64, None), ("batch", 256, "global batch (sequences per step)"),
-                                ("eval-batches", 8, None), ("nproc", 4, "workers p (torchrun processes)"),
-                                ("byzantine", 1, "Byzantine workers f: ranks 1..f"), ("seed", 0, None)):
-        p.add_argument(f"--{name}", type=int, default=default, help=what)
-    p.add_argument("--tolerance", type=float, default=0.05, help="allowed loss above the clean run")
+    p = parser(__doc__, "flag_robustness", steps=100, seq_len=64, batch=(256, "global batch (sequences per step)"),
+               eval_batches=8, nproc=(4, "workers p (torchrun processes)"), byzantine=(1, "Byzantine ranks f: 1..f"),
+               seed=0, tolerance=(0.05, "allowed loss above the clean run"))
     p.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
     p.add_argument("--aggs", nargs="+", default=["mean", "flag"], choices=list(AGGS))
     args = p.parse_args(argv)
     if not 1 <= args.byzantine < args.nproc or args.batch % args.nproc:
         p.error("--byzantine must be in 1..nproc-1 and --batch a multiple of --nproc")
+    args.byzantine_ranks = list(range(1, args.byzantine + 1))
     return args
 
 
@@ -164,7 +139,7 @@ def run_all(args) -> dict[str, dict]:
     for agg in args.aggs:
         if agg != "mean":
             results[f"clean/{agg}"] = run_one(args, f"clean-{agg}", agg_overrides(args, agg), out_dir, cache)
-    faults = [f"faults.byzantine_ranks=[{','.join(map(str, byzantine_ranks(args)))}]"]
+    faults = [f"faults.byzantine_ranks=[{','.join(map(str, args.byzantine_ranks))}]"]
     for attack in args.attacks:
         for agg in args.aggs:
             overrides = [*agg_overrides(args, agg), *faults, f"faults.attack={attack}"]
@@ -175,13 +150,11 @@ def run_all(args) -> dict[str, dict]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     print(f"{args.nproc} processes, debug model, {args.steps} steps, seq {args.seq_len}, batch {args.batch}, "
-          f"Byzantine ranks {byzantine_ranks(args)}, seed {args.seed}", flush=True)
+          f"Byzantine ranks {args.byzantine_ranks}, seed {args.seed}", flush=True)
     results = run_all(args)
     clean = results["clean/mean"]["val_loss"]
     verdict = verdicts(args, results, clean)
     lines = loss_table(args, results, clean) + verdict_lines(args, verdict) + weight_table(args, results)
     print("\n".join(lines))
-    args_out = {**vars(args), "results_dir": relative(str(args.results_dir)), "byzantine_ranks": byzantine_ranks(args)}
-    record = {"args": args_out, "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines}
-    write_json(args, record)
-    return record
+    return write_json(args, {"args": {**vars(args), "results_dir": relative(str(args.results_dir))},
+                             "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines})

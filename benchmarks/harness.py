@@ -5,7 +5,6 @@ would (one process or torchrun) and run functions in gloo process groups. Strate
 from __future__ import annotations
 
 import argparse
-import ctypes
 import itertools
 import json
 import os
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))  # the strategies' packages, however the harness w
 import agg  # noqa: E402,F401  (registers strategies)
 import optim  # noqa: E402,F401
 import param  # noqa: E402,F401
-from models import Llama, projection_modules, shape_for  # noqa: E402
+from models import Llama, shape_for  # noqa: E402
 from trainer.compile import maybe_compile  # noqa: E402
 from trainer.config import Config, resolve  # noqa: E402
 from trainer.metrics import tensor_bytes  # noqa: E402
@@ -40,11 +39,17 @@ PARAMS = ["full", "sltrain", "lowrank", "sst"]
 OPTIMS = ["adamw", "dct_adamw", "galore_adamw", "galore_torch"]
 
 
-def parser(doc: str, out: str | None) -> argparse.ArgumentParser:
-    """A benchmark's parser with the options every benchmark shares: where its JSON goes."""
+def parser(doc: str, out: str | None, **options) -> argparse.ArgumentParser:
+    """A benchmark's parser: where its JSON goes, then `options` as name=default or name=(default, help), typed by
+    the default (a list takes one or more, False is a flag; the name's underscores become dashes)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=out, required=out is None, help="results file <results-dir>/<out>.json")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
+    for name, (default, what) in ((k, v if isinstance(v, tuple) else (v, None)) for k, v in options.items()):
+        kind = {"action": "store_true"} if default is False else {"type": type(default)} \
+            if isinstance(default, (int, float)) else {"nargs": "+", "type": type(next(iter(default), ""))} \
+            if isinstance(default, list) else {}
+        p.add_argument(f"--{name.replace('_', '-')}", default=default, help=what, **kind)
     return p
 
 
@@ -64,13 +69,18 @@ def relative(text: str) -> str:
     return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
 
 
-def write_json(args, report: dict, suffix: str = ".json") -> Path:
+def write_json(args, report: dict, show=None, plot=None) -> dict:
+    """<out>.json (the report dated in place), then plot(<out>.png) and print(show(report)), if given."""
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{args.out}{suffix}"
-    report.setdefault("date", time.strftime("%Y-%m-%d"))  # in place: the caller prints the dated report
+    path = args.results_dir / f"{args.out}.json"
+    report.setdefault("date", time.strftime("%Y-%m-%d"))
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {relative(str(path))}", flush=True)
-    return path
+    if plot:
+        plot(args.results_dir / f"{args.out}.png")
+    if show:
+        print(show(report))
+    return report
 
 
 def pyplot():
@@ -104,9 +114,12 @@ def compose(overrides: list[str]) -> Config:
 Combo = namedtuple("Combo", "label param optim extra")  # one combination: label, registry names, its overrides
 
 
-def add_combo_args(p: argparse.ArgumentParser, params=PARAMS, optims=OPTIMS) -> None:
-    p.add_argument("--params", nargs="+", default=params)
-    p.add_argument("--optims", nargs="+", default=optims)
+def add_combo_args(p: argparse.ArgumentParser) -> None:
+    """The combinations to build (--params x --optims, --variant) and where (--device, --bf16)."""
+    p.add_argument("--params", nargs="+", default=PARAMS)
+    p.add_argument("--optims", nargs="+", default=OPTIMS)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
     p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("LABEL", "OVERRIDES"),
                    help="an extra combination: its label ('param+optim' then any words) and its overrides")
 
@@ -187,12 +200,6 @@ def state_bytes(b: Built, keep=None) -> dict:
     }
 
 
-def projection_bytes(b: Built) -> dict:
-    """state_bytes of the seven block projections only: what a weight-side method replaces."""
-    prefixes = tuple(f"{name}." for name, _, _, _ in projection_modules(b.model))
-    return state_bytes(b, lambda n: n.startswith(prefixes))
-
-
 def train_step(b: Built, tokens: torch.Tensor, step: int = 1, autocast: bool = False) -> float:
     """Forward, backward, optimizer step and (with ops) the strategy's step hook, as train.py's step."""
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -212,24 +219,6 @@ def sync(device) -> None:
         torch.cuda.synchronize()  # a GPU step is done when its kernels are, not when Python returns
 
 
-def trim_and_reset_peak() -> None:
-    """Return freed heap to the OS and reset the kernel's peak-RSS counter (VmHWM) of this process."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def rss_bytes(field: str = "VmRSS") -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def timed(fn, *args, **kwargs):
     """(fn's result, its wall seconds)."""
     start = time.perf_counter()
@@ -243,9 +232,7 @@ def timed_round_robin(fns: dict[str, callable], repeats: int) -> dict[str, float
     times = {k: [] for k in fns}
     for i in range(repeats):
         for k in list(fns) if i % 2 == 0 else reversed(list(fns)):
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - start)
+            times[k].append(timed(fns[k])[1])
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -1,35 +1,49 @@
 """Memory of every param x optim combination: weights, gradients, optimizer state, peak step memory.
 
     python -m benchmarks memory [--sizes 60m 130m 350m] [--peak-size 130m] [--params ...] [--optims ...]
-    python -m benchmarks memory --sizes 130m --params full sltrain lowrank --optims adamw --out sltrain_memory
-    python -m benchmarks memory --sizes 130m --params full sst --optims adamw --peak-size none --out sst_memory
     python -m benchmarks memory --device cuda --bf16 --sizes 350m 1b 7b --fit --out gpu_memory   # largest that fits
 
-For each size and combination, in a fresh process: build the model as train.py does (vocab 32000, fp32),
-run two optimizer steps on random tokens, and count the bytes of the tensors (parameters + buffers,
-gradients, optimizer state), for the whole model and for the seven block projections alone. For --peak-size it
-also measures the peak memory of one training step: on a CPU the resident set (heap trimmed and the kernel's
-peak-RSS counter reset just before the step) minus the process's before the model was built (the interpreter
-and libraries); on a GPU the allocator's peak. Ratios are against full-rank AdamW of the same size. --fit: the
-sizes are tried in order per combination and the largest whose step runs is recorded. Hydra overrides after
-`--` go to every combination. Writes <out>.json and <out>.png.
+Each size and combination runs in a fresh process (so one's peak is not another's): built as train.py builds it
+(vocab 32000, fp32), two optimizer steps on random tokens, then the bytes of its tensors, whole model and block
+projections alone. Peak step memory on a CPU is the resident set's peak (heap trimmed, VmHWM reset) minus the
+process's before the model existed; on a GPU, the allocator's peak. Ratios are against full-rank AdamW.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
 
 from benchmarks.harness import ROOT, VOCAB, add_combo_args, combos, command, parser, pyplot, split_overrides
-from benchmarks.harness import stacked_bars, write_json
+from benchmarks.harness import build, stacked_bars, state_bytes, train_step, write_json
+from benchmarks.report import memory_section
 
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
+
+
+def trim_and_reset_peak() -> None:
+    """Return freed heap to the OS and reset the kernel's peak-RSS counter (VmHWM) of this process."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def rss_bytes(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: str, bf16: bool) -> dict:
     import torch
 
-    from benchmarks.harness import build, projection_bytes, rss_bytes, state_bytes, train_step, trim_and_reset_peak
+    from models import projection_modules
 
     torch.set_num_threads(1)
     baseline = rss_bytes()  # the interpreter and libraries, before any model tensor exists
@@ -37,8 +51,9 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB, (batch, seq_len + 1), generator=gen).to(device)
     train_step(b, tokens, autocast=bf16)  # the first step allocates gradients and optimizer state
+    prefixes = tuple(f"{name}." for name, _, _, _ in projection_modules(b.model))  # the seven block projections
     out = {"size": size, "label": combo["label"], "param": combo["param"], "optim": combo["optim"], **state_bytes(b),
-           "projections": projection_bytes(b)}
+           "projections": state_bytes(b, lambda n: n.startswith(prefixes))}  # what a weight-side method replaces
     if peak and device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         train_step(b, tokens, autocast=bf16)
@@ -51,25 +66,15 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
     return out
 
 
-def run_child(args, size: str, combo, peak: bool) -> dict:
+def run_child(args, size: str, combo, peak: bool, refused: str | None) -> dict:
+    """child() in a fresh process; a refused or failed combination's row holds its one-line error instead."""
     spec = [size, combo._asdict(), args.batch, args.seq_len, peak, args.device, args.bf16]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
-                          capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    proc = refused or subprocess.run([sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
+                                     capture_output=True, text=True, cwd=ROOT)
+    if refused or proc.returncode != 0:
+        error = refused or (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return {"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": error}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def refusal(combo) -> str | None:
-    """The one-line error of a combination the strategies refuse, found cheaply on the debug model."""
-    from benchmarks.harness import build
-
-    try:
-        build("debug", combo.param, combo.optim, combo.extra, vocab=256, seq_len=16)
-    except ValueError as e:
-        return f"ValueError: {e}"
-    return None
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -78,10 +83,7 @@ def with_ratios(rows: list[dict]) -> list[dict]:
         base = ref.get(r["size"])
         if "error" in r or base is None:
             continue
-
-        def state(x):
-            return x["trainable"] + x["grads"] + x["optim_state"]
-
+        state = lambda x: x["trainable"] + x["grads"] + x["optim_state"]  # noqa: E731
         r["model_state_ratio"] = state(r) / state(base)  # trainable params + grads + optimizer state
         r["optim_state_ratio"] = r["optim_state"] / base["optim_state"]
         r["grad_optim_ratio"] = (r["grads"] + r["optim_state"]) / (base["grads"] + base["optim_state"])
@@ -108,11 +110,13 @@ def plot(rows: list[dict], path) -> None:
 def measure(args, overrides: list[str]) -> tuple[list[dict], dict]:
     rows, fits = [], {}
     for combo in combos(args, overrides):
-        refused = refusal(combo)
+        try:  # a combination the strategies refuse: its one-line error, found cheaply on the debug model
+            build("debug", combo.param, combo.optim, combo.extra, vocab=256, seq_len=16)
+            refused = None
+        except ValueError as e:
+            refused = f"ValueError: {e}"
         for size in args.sizes:
-            row = ({"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": refused}
-                   if refused else run_child(args, size, combo, peak=args.fit or size == args.peak_size))
-            rows.append(row)
+            rows.append(row := run_child(args, size, combo, args.fit or size == args.peak_size, refused))
             print(f"[memory] {size} {combo.label}: {row.get('error', 'ok')}", flush=True)
             if "error" in row and args.fit:
                 break  # the next size would not fit either
@@ -124,23 +128,13 @@ def main(argv=None) -> dict:
     options, overrides = split_overrides(argv)
     if options[:1] == ["--child"]:
         return print(json.dumps(child(*json.loads(options[1]))))
-    p = parser(__doc__, "memory")
-    p.add_argument("--sizes", nargs="+", default=["60m", "130m", "350m"])
-    p.add_argument("--peak-size", default="130m", help="the size whose peak step memory is measured ('none': none)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
-    p.add_argument("--fit", action="store_true", help="the largest of --sizes (in order) each combination fits")
+    p = parser(__doc__, "memory", sizes=["60m", "130m", "350m"], batch=4, seq_len=256,
+               peak_size=("130m", "the size whose peak step memory is measured ('none': none)"),
+               fit=(False, "the largest of --sizes (in order) each combination fits"))
     add_combo_args(p)
     args = p.parse_args(options)
     rows, fits = measure(args, overrides)
     rows = sorted(with_ratios(rows), key=lambda r: args.sizes.index(r["size"]))
     report = {"command": command("memory", argv), "batch": args.batch, "seq_len": args.seq_len, "device": args.device,
               "rows": rows, **({"largest_fit": fits} if args.fit else {})}
-    write_json(args, report)
-    plot(rows, args.results_dir / f"{args.out}.png")
-    from benchmarks.report import memory_section
-
-    print(memory_section(report))
-    return report
+    return write_json(args, report, memory_section, lambda path: plot(rows, path))

@@ -1,11 +1,8 @@
 """Memory at the sizes the methods exist for: the estimator's peak of one training step, per configuration.
 
-    python -m benchmarks memory_scale          # 1b and 7b at 1 x 256 tokens, 7b at 16 x 256 with checkpointing
-    python -m benchmarks memory_scale --real   # also: real CPU tensors for best@1b and today@350m, vs the estimate
+    python -m benchmarks memory_scale --real   # also real CPU tensors for best@1b and today@350m, vs the estimate
 
-Each row runs `python -m tools.memory <overrides> --json` in its own process (FakeTensorMode + MemTracker: no
-real allocation). Vocabulary 32000 (the LLaMA tokenizer of the papers' figures). Writes
-<out>.json and <out>.png, and prints the tables of docs/RESULTS.md (rendered from here).
+Each row is `python -m tools.memory <overrides> --json` in its own process (FakeTensorMode: nothing allocated).
 """
 from __future__ import annotations
 
@@ -147,9 +144,8 @@ def memory_scale_targets(ms) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "memory_scale")
-    p.add_argument("--real", action="store_true", help="also measure best@1b and today@350m on real CPU tensors")
-    args = p.parse_args(argv)
+    args = parser(__doc__, "memory_scale", real=(False, "also measure best@1b and today@350m on real CPU tensors"))\
+        .parse_args(argv)
     results = {}
     for setting, base in SETTINGS.items():
         results[setting] = {}
@@ -163,7 +159,4 @@ def main(argv=None) -> dict:
         out["best_over_today_1b"] = one[BEST]["bytes"]["total"] / one[TODAY]["bytes"]["total"]
     if args.real:
         out["real"] = real_checks(results)
-    write_json(args, out)
-    plot(results, args.results_dir / f"{args.out}.png")
-    print(memory_scale_section(out, None, None))
-    return out
+    return write_json(args, out, lambda r: memory_scale_section(r, None, None), lambda path: plot(results, path))

@@ -1,18 +1,12 @@
 """Corpus preparation speed: `python -m trainer.prepare`'s parallel tokenization vs the single-process path
-it replaced, on the same text file, measured back to back in one run (the tokenizer is trained once, timed apart).
+it replaced, on the same text file, back to back in one run (the tokenizer is trained once, timed apart).
 
     python -m benchmarks prepare_speed [--mb 200] [--repeats 1] [--workers 0] [--text FILE]
 
-The text is ../shared/data's corpora repeated to --mb megabytes, or --text FILE (results then go next to the
-caches, unless --results-dir says where): prepare encodes each distinct word once per worker
-(trainer/word_encode.py), which a repeated text flatters, so measure text that does not repeat too. Each
-run's CPU microseconds per token say what a core does, whatever the load. Each round first measures how many
-cores the workers actually get (a pure-Python burn in 1 vs N processes): on a shared machine the ratio below
-is only as good as that number. Baselines: `serial_lines` is the former
-path verbatim (HF datasets' text builder, one document per line, sentencepiece's own threads, one array per
-document); `serial_paragraphs` is the same loop over the documents the project now makes (paragraphs).
-prepare's tokens are checked equal to `serial_paragraphs`' (sentencepiece's ids, document by document).
-Writes <out>.json.
+prepare encodes each distinct word once per worker, which a repeated text flatters: measure text that does
+not repeat too. CPU microseconds per token say what a core does, whatever the load; each round first measures
+the cores the workers actually get. `serial_lines` is the former path verbatim (HF datasets' text builder, a
+document per line); `serial_paragraphs` the same loop over today's documents, whose tokens prepare's must equal.
 """
 from __future__ import annotations
 
@@ -62,11 +56,6 @@ def former_documents(path: str):
             yield row["text"]
 
 
-def cpu_seconds() -> float:
-    """This process's and its finished children's CPU time: what the work costs, whatever the load."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
-
-
 def _burn(n: int) -> float:
     start = time.perf_counter()
     x = 0
@@ -86,18 +75,15 @@ def free_cores(workers: int) -> float:
     return workers * one / (time.perf_counter() - start)
 
 
-def same_tokens(workdir: Path, names) -> None:
-    """The files hold the same tokens (prepare's are sentencepiece's own, not merely as many)."""
-    first = np.fromfile(workdir / names[0], dtype=np.uint16)
-    for name in names[1:]:
-        if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
-            raise SystemExit(f"{name} differs from {names[0]}: prepare's tokens are not sentencepiece's")
-
-
 def timed(fn) -> tuple[int, float, float]:
-    start, cpu = time.perf_counter(), cpu_seconds()
+    """(fn's result, its wall seconds, its CPU seconds: what the work costs, whatever the load)."""
+    def cpu() -> float:  # this process's and its finished children's
+        usage = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return sum(r.ru_utime + r.ru_stime for r in usage)
+
+    start, cpu0 = time.perf_counter(), cpu()
     n = fn()
-    return n, time.perf_counter() - start, cpu_seconds() - cpu
+    return n, time.perf_counter() - start, cpu() - cpu0
 
 
 def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers: int) -> None:
@@ -114,7 +100,10 @@ def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers
                            "cpu_us_per_token": cpu / n * 1e6, "load_before": load})
         print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
               f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
-    same_tokens(workdir, ("b.bin", "c.bin", "d.bin"))
+    first = np.fromfile(workdir / "b.bin", dtype=np.uint16)  # prepare's tokens are sentencepiece's, not merely as many
+    for name in ("c.bin", "d.bin"):
+        if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
+            raise SystemExit(f"{name} differs from b.bin: prepare's tokens are not sentencepiece's")
 
 
 def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
@@ -130,15 +119,9 @@ def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "prepare_speed")
-    p.add_argument("--mb", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0, help="prepare's processes (0: one per core)")
-    p.add_argument("--dir", default=None, help="where the text and caches go (default: a temporary folder)")
-    p.add_argument("--text", default=None, help="a text file to use instead of the repeated corpus")
-    args = p.parse_args(argv)
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="prepare-speed-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    args = parser(__doc__, "prepare_speed", mb=200, repeats=1, workers=(0, "prepare's processes (0: one per core)"),
+                  text=(None, "a text file to use instead of the repeated corpus")).parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="prepare-speed-"))
     if args.text and args.results_dir == RESULTS:
         args.results_dir = workdir  # another text's figures are not the documented ones
     text = Path(args.text) if args.text else workdir / f"corpus-{args.mb}mb.txt"
@@ -147,14 +130,12 @@ def main(argv=None) -> dict:
     cfg = DataConfig(source=str(text), cache_dir=str(workdir / "cache"), num_workers=args.workers)
     workers = args.workers or os.cpu_count()
     tok_path = data.tokenizer_path(cfg)
-    timing_path = tok_path if not os.path.exists(tok_path) else str(workdir / "tokenizer-timing.model")
-    _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, timing_path))  # timed apart, every run
+    _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, tok_path))  # timed apart: the cache dir is new
     print(f"tokenizer training: {tokenizer_s:.1f} s", flush=True)
     runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
     for _ in range(args.repeats):
         one_round(runs, cfg, text, tok_path, workdir, workers)
     result = {"command": command("prepare_speed", argv), **summary(runs, text, workers, tokenizer_s)}
-    write_json(args, result)
-    print(f"tokenizer training {tokenizer_s:.1f} s; prepare is {result['speedup_vs_serial_lines']:.2f}x the former "
-          f"path, {result['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs")
-    return result
+    return write_json(args, result, lambda r: f"tokenizer training {tokenizer_s:.1f} s; prepare is "
+                      f"{r['speedup_vs_serial_lines']:.2f}x the former path, "
+                      f"{r['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs")

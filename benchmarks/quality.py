@@ -2,16 +2,11 @@
 
     python -m benchmarks quality --out quality_sltrain --steps 300 -- \\
         full "param=full" sltrain "param=sltrain" lowrank "param=lowrank"
-    python -m benchmarks quality --out dct_sweep --parallel 12 --grid optim=dct_adamw optim.lr=0.001,0.003,0.01 \\
-        optim.scale=0.25,1.0 optim.update_gap=1,10,50,200 --extra train.precision=fp32 -- \\
-        "dct_adamw (defaults)" optim=dct_adamw "full adamw (defaults)" optim=adamw
+    python -m benchmarks quality --out dct_sweep --parallel 12 --grid optim=dct_adamw optim.lr=0.001,0.003 \\
+        optim.update_gap=10,50 --extra train.precision=fp32 -- "full adamw (defaults)" optim=adamw
 
-Each label runs train.py for real (torchrun when --nproc > 1) on ../shared/data/wikitext103_valid.txt
-(last 10% held out). --grid adds one run per point of the product of its KEY=V1,V2,... lists (a sweep);
---parallel runs that many at once (on a GPU the 20m runs leave it mostly idle; their tokens/s are then not a
-speed figure: `speed` measures speed alone); --extra overrides go to every run. A failed run stops the
-benchmark, or with --keep-going (implied by --grid) is recorded and the others go on. Prints final validation
-loss and the ratio to the first label (best first for a grid), writes <out>.json and a loss-curve plot <out>.png.
+Each label runs train.py for real (torchrun when --nproc > 1) on ../shared/data/wikitext103_valid.txt (last 10%
+held out). Under --parallel the runs share the machine, so their tokens/s are no speed figure (`speed` is).
 """
 from __future__ import annotations
 
@@ -25,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.harness import ROOT, command, parser, pyplot, read_metrics, relative, run_train, split_overrides
 from benchmarks.harness import write_json
+from benchmarks.report import quality_table
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
@@ -40,15 +36,10 @@ def base_overrides(args) -> list[str]:
     ]
 
 
-def grid_runs(grid: list[str]) -> list[tuple[str, str]]:
-    """(label, overrides) for each point of the product of KEY=V1,V2,... lists."""
-    axes = [[f"{item.split('=', 1)[0]}={v}" for v in item.split("=", 1)[1].split(",")] for item in grid]
-    return [(" ".join(point), " ".join(point)) for point in itertools.product(*axes)]
-
-
 def run_one(label: str, extra: str, args) -> dict:
-    overrides = [*base_overrides(args), f"run.name={safe(label)}", *shlex.split(extra), *args.extra]
-    run_dir = args.results_dir / "runs" / args.out / safe(label)
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+    overrides = [*base_overrides(args), f"run.name={name}", *shlex.split(extra), *args.extra]
+    run_dir = args.results_dir / "runs" / args.out / name
     shutil.rmtree(run_dir, ignore_errors=True)  # its own output; a fresh run would append to metrics.jsonl
     proc, wall = run_train(overrides, args.nproc, args.threads)
     if proc.returncode != 0:
@@ -57,21 +48,12 @@ def run_one(label: str, extra: str, args) -> dict:
             sys.exit(error)
         print(f"[quality] {label}: FAILED {error[-500:]}", flush=True)
         return {"label": label, "overrides": extra, "error": error[-2000:]}
-    result = collect(label, extra, run_dir, wall)
-    print(f"[quality] {label}: final val loss {result['final_val_loss']:.4f} ({wall:.0f} s)", flush=True)
-    return result
-
-
-def safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
-
-
-def collect(label: str, extra: str, run_dir: Path, wall: float) -> dict:
     records = read_metrics(run_dir)
     val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
     train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
     speed = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r][1:]  # skip the warm-up step
     counts = next((r for r in records if "params/total" in r), {})
+    print(f"[quality] {label}: final val loss {val[-1][1]:.4f} ({wall:.0f} s)", flush=True)
     return {"label": label, "overrides": extra, "final_val_loss": val[-1][1], "first_val_loss": val[0][1],
             "val_curve": val, "train_curve": train, "tokens_per_s_median": statistics.median(speed) if speed else None,
             "params_trainable": counts.get("params/trainable"), "wall_s": wall}
@@ -98,22 +80,22 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def parse(argv):
     options, pairs = split_overrides(argv)
-    p = parser(__doc__, None)
-    p.add_argument("--model", default="20m")
-    p.add_argument("--data", default=str(WIKITEXT))
-    for name, default in (("steps", 300), ("seq-len", 128), ("vocab-size", 4096), ("batch", 16), ("micro-batch", 16),
-                          ("evals", 5), ("eval-batches", 16), ("seed", 0), ("threads", 1), ("nproc", 1), ("parallel", 1)):
-        p.add_argument(f"--{name}", type=int, default=default)
-    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="a sweep over these values")
-    p.add_argument("--extra", nargs="+", default=[], help="overrides for every run")
-    p.add_argument("--keep-going", action="store_true", help="record a failed run and go on")
+    p = parser(__doc__, None, model="20m", data=str(WIKITEXT), steps=300, seq_len=128, vocab_size=4096, batch=16,
+               micro_batch=16, evals=5, eval_batches=16, seed=0, threads=1, nproc=1,
+               parallel=(1, "runs at once (on a GPU the 20m runs leave it mostly idle)"),
+               extra=([], "overrides for every run"),
+               keep_going=(False, "record a failed run and go on (--grid: always)"))
+    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="a sweep: a run per point of the product")
     args = p.parse_args(options)
     if len(pairs) % 2:
         p.error("runs come in pairs after `--`: label \"overrides\"")
     if not Path(args.data).is_file():
         p.error(f"--data {args.data} does not exist")
     args.keep_going |= bool(args.grid)
-    return args, (grid_runs(args.grid) if args.grid else []) + list(zip(pairs[::2], pairs[1::2]))
+    # A grid's runs: (label, overrides) for each point of the product of its KEY=V1,V2,... lists.
+    axes = [[f"{item.split('=', 1)[0]}={v}" for v in item.split("=", 1)[1].split(",")] for item in args.grid]
+    grid = [(" ".join(point), " ".join(point)) for point in itertools.product(*axes)] if args.grid else []
+    return args, grid + list(zip(pairs[::2], pairs[1::2]))
 
 
 def main(argv=None) -> dict:
@@ -122,9 +104,5 @@ def main(argv=None) -> dict:
         results = list(pool.map(lambda run: run_one(*run, args), runs))
     report = {"command": command("quality", argv), "settings": [relative(o) for o in base_overrides(args) + args.extra],
               "results": results}
-    write_json(args, report)
-    plot(results, args.results_dir / f"{args.out}.png", f"{args.model}, {args.steps} steps")
-    from benchmarks.report import quality_table
-
-    print(quality_table(report, best_first=bool(args.grid)))
-    return report
+    return write_json(args, report, lambda r: quality_table(r, best_first=bool(args.grid)),
+                      lambda path: plot(results, path, f"{args.model}, {args.steps} steps"))

@@ -1,8 +1,5 @@
-"""Render docs/RESULTS.md from the JSON the suite's entries write (benchmarks/suite.py); the benchmarks print
-their own sections of it too.
-
-Every number in the report comes from a JSON a benchmark wrote in a run here, and only from a file some suite
-entry produces; a figure whose JSON is missing is shown as "not yet measured", never estimated.
+"""Render docs/RESULTS.md from the suite's JSON only: a figure whose JSON is missing is "not yet measured",
+never estimated.
 """
 from __future__ import annotations
 
@@ -12,11 +9,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import RESULTS, ROOT
 from benchmarks.memory_scale import memory_scale_section, memory_scale_targets
 from benchmarks.suite import produced
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "RESULTS.md"
 NOT_MEASURED = "not yet measured"
 
@@ -31,6 +27,11 @@ def load(name: str) -> dict | None:
 
 def fmt(x, spec=".3f") -> str:
     return NOT_MEASURED if x is None else format(x, spec)
+
+
+def table(header: str, rows: list[str]) -> list[str]:
+    """A markdown table: the header's columns ("a | b"), the separator, then the rows."""
+    return [f"| {header} |", "|" + "---|" * len(header.split(" | ")), *rows]
 
 
 def verdict(value, ok) -> str:
@@ -50,8 +51,8 @@ def memory_section(mem) -> str:
     if mem is None:
         return f"Memory: {NOT_MEASURED}.\n"
     mb = 2**20
-    lines = ["| size | param | optim | weights MB | grads MB | optimizer MB | state vs full | grads+optim vs full | peak step MB | peak vs full |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = table("size | param | optim | weights MB | grads MB | optimizer MB | state vs full | grads+optim vs full | "
+                  "peak step MB | peak vs full", [])
     for r in mem["rows"]:
         if "error" in r:
             lines.append(f"| {r['size']} | {r['param']} | {r['optim']} | refused: {r['error'].replace('|', '/')[:120]} |" + " |" * 7)
@@ -70,9 +71,9 @@ def speed_section(speed) -> str:
     if speed is None:
         return f"Speed: {NOT_MEASURED}.\n"
     mfu = any("mfu" in r for r in speed["rows"])
-    lines = ["| combination | ms / step | tokens / s | speed vs full-rank AdamW |" + " MFU |" * mfu, "|---|---|---|---|" + "---|" * mfu]
-    lines += [f"| {r['combo']} | {r['step_s'] * 1000:.0f} | {r['tokens_per_s']:.0f} | {fmt(r['speed_ratio'])} |"
-              + (f" {fmt(r.get('mfu'))} |" if mfu else "") for r in speed["rows"]]
+    lines = table("combination | ms / step | tokens / s | speed vs full-rank AdamW" + " | MFU" * mfu, [
+f"| {r['combo']} | {r['step_s'] * 1000:.0f} | {r['tokens_per_s']:.0f} | {fmt(r['speed_ratio'])} |"
+              + (f" {fmt(r.get('mfu'))} |" if mfu else "") for r in speed["rows"]])
     lines += [f"| {k} | refused: {v[:100]} | | |" for k, v in speed.get("not_supported", {}).items()]
     return (f"{speed['size']} model, batch {speed['batch']} x {speed['seq_len']}, {speed['threads']} thread(s); steps timed "
             f"interleaved (medians). `{speed['command']}`, {speed['date']}.\n\n" + "\n".join(lines) + "\n")
@@ -81,9 +82,9 @@ def speed_section(speed) -> str:
 def quality_table(q, best_first: bool = False) -> str:
     done = [r for r in q["results"] if "error" not in r]
     ref = done[0]["final_val_loss"] if done else None
-    lines = ["| run | overrides | trainable params | first val loss | final val loss | final ppl | loss vs full | tokens/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | `{r['overrides']}` | failed | | | | | |" for r in q["results"] if "error" in r]
+    failed = [f"| {r['label']} | `{r['overrides']}` | failed | | | | | |" for r in q["results"] if "error" in r]
+    lines = table("run | overrides | trainable params | first val loss | final val loss | final ppl | loss vs full | "
+                  "tokens/s", failed)
     for r in sorted(done, key=lambda r: r["final_val_loss"]) if best_first else done:
         lines.append(f"| {r['label']} | `{r['overrides']}` | {r['params_trainable'] or 0:,} | {r['first_val_loss']:.3f} | "
                      f"{r['final_val_loss']:.4f} | {2.718281828 ** r['final_val_loss']:.1f} | {r['final_val_loss'] / ref:.4f} | "
@@ -121,7 +122,7 @@ def longer_runs_section(runs: dict) -> str:
 def dct_section(d) -> str:
     if d is None:
         return f"DCT vs galore-torch: {NOT_MEASURED}.\n"
-    lines = ["| optimizer | refresh step ms | steady step ms | state MB |", "|---|---|---|---|"]
+    lines = table("optimizer | refresh step ms | steady step ms | state MB", [])
     for name, r in d["rows"].items():
         lines.append(f"| {name} | {fmt(r.get('refresh_ms_median'), '.1f')} | {fmt(r.get('steady_ms_median'), '.1f')} | "
                      f"{fmt(r['state_bytes'] / 2**20 if r.get('state_bytes') is not None else None, '.1f')} |")
@@ -165,8 +166,8 @@ def summary(mem, speed, q) -> str:
     speed_rows = {r["combo"]: r for r in (speed or {}).get("rows", [])}
     quality = {r["label"]: r for r in (q or {}).get("results", [])}
     ref_loss = quality.get("full", {}).get("final_val_loss")
-    out = ["| strategy | choice | model state vs full (130m) | grads + optimizer vs full (130m) | peak step memory vs full (130m) | speed vs full (20m) | final val loss (20m) | loss vs full |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = table("strategy | choice | model state vs full (130m) | grads + optimizer vs full (130m) | "
+                "peak step memory vs full (130m) | speed vs full (20m) | final val loss (20m) | loss vs full", [])
     for title, p, o, label in STRATEGIES:
         m = memory_row(mem, "130m", p, o) or {}
         sp = speed_rows.get(f"{p}+{o}", {})
@@ -188,8 +189,7 @@ def targets(mem, q, d) -> str:
         ("DCT refresh >= 10x faster than galore-torch's (time ratio <= 0.1)", ratios.get("refresh_time"), lambda v: v <= 0.1),
         ("SST gradient + optimizer memory <= 0.5x full rank (130m, r 64)", sst and sst.get("grad_optim_ratio"), lambda v: v <= 0.5),
     ]
-    lines = ["| target | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {name} | {fmt(v)} | {verdict(v, ok)} |" for name, v, ok in rows]
+    lines = table("target | measured | verdict", [f"| {name} | {fmt(v)} | {verdict(v, ok)} |" for name, v, ok in rows])
     if q is not None:
         ref = q["results"][0]["final_val_loss"]
         for r in q["results"][1:]:
@@ -202,7 +202,6 @@ def targets(mem, q, d) -> str:
     lines += [f"| {name} | {shown} | {shown} |" for name in ("full-rank 1b MFU >= 40% (GPU)",
               "SLTrain throughput >= 0.9x full rank (GPU, 350m bf16)", "DCT throughput >= 0.9x full rank (GPU, 350m bf16)")]
     return "\n".join(lines) + "\n"
-
 
 
 PAPERS = """These are the papers' numbers (shared/METHODS.md), not ours; their setting (C4 or OpenWebText,

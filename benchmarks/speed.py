@@ -1,20 +1,14 @@
 """Training speed of every param x optim combination vs full-rank AdamW: tokens/s and step-time ratio.
 
     python -m benchmarks speed [--sizes 20m] [--batch 8] [--seq-len 128] [--repeats 12]
-    python -m benchmarks speed --compile --params full sltrain --optims adamw --out speed_compile   # compiled vs eager
     python -m benchmarks speed --params full --optims adamw dct_adamw --steps-per-sample 10 \\
         --variant "full+dct_adamw T=10" "optim.update_gap=10"     # extra combinations: "param+optim label", overrides
-    python -m benchmarks speed --params full sst --optims adamw --batch 16 --hook-steps 1200 --out sst_throughput
     python -m benchmarks speed --device cuda --bf16 --sizes 350m 1b --out gpu   # GPU: tokens/s, MFU, peak memory
 
-All combinations are built in one process; their training steps (forward, backward, optimizer step, then the
-param strategy's step hook with the trainer's own engine ops) are timed interleaved, so each sees the same machine
-load: the median of --repeats samples of --steps-per-sample steps. A periodic refresh every T steps is amortised
-exactly when T divides the sample length; work every few hundred steps (SST's resampling) is amortised with
---hook-steps N instead: the hook alone runs for steps 1..N (one cycle of its schedule), and its mean minus its
-median per step (the median is in every timed step already) is added. Overrides after `--` go to every combination;
---compile adds a twin of each with `train.compile=true` (compiled in the untimed first step, whose time each row
-keeps). On a GPU the rows also hold MFU (trainer/throughput.py's formula and peak table) and the allocator's peak.
+Steps (with the strategy's step hook on the trainer's own engine ops) are timed interleaved, so every
+combination sees the same machine load. A refresh every T steps is amortised exactly when T divides
+--steps-per-sample; rarer work (SST's resampling) through --hook-steps N: the hook alone over steps 1..N, its mean
+minus its median per step added. On a GPU the rows also hold MFU (trainer/throughput.py) and the allocator's peak.
 """
 from __future__ import annotations
 
@@ -24,18 +18,7 @@ import torch
 
 from benchmarks.harness import add_combo_args, build, combos, command, engine_ops, parser, split_overrides
 from benchmarks.harness import sync, timed, timed_round_robin, train_step, write_json
-
-
-def build_all(args, overrides: list[str], size: str) -> tuple[dict, dict]:
-    built, skipped = {}, {}
-    for c in combos(args, overrides):
-        try:
-            built[c.label] = build(size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len,
-                                   device=args.device)
-            engine_ops(built[c.label], args.device)
-        except (ValueError, ImportError, torch.OutOfMemoryError) as e:
-            skipped[c.label] = str(e).splitlines()[0]
-    return built, skipped
+from benchmarks.report import speed_section
 
 
 def hook_cost(b, steps: int) -> float:
@@ -48,7 +31,14 @@ def hook_cost(b, steps: int) -> float:
 
 
 def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
-    built, skipped = build_all(args, overrides, size)
+    built, skipped = {}, {}
+    for c in combos(args, overrides):
+        try:
+            built[c.label] = build(size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len,
+                                   device=args.device)
+            engine_ops(built[c.label], args.device)
+        except (ValueError, ImportError, torch.OutOfMemoryError) as e:
+            skipped[c.label] = str(e).splitlines()[0]
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen).to(args.device)
     # The untimed first step allocates state, does the first refresh and compiles.
@@ -91,18 +81,11 @@ def finish_rows(rows: list[dict], args) -> None:
 
 def main(argv=None) -> dict:
     options, overrides = split_overrides(argv)
-    p = parser(__doc__, "speed")
+    p = parser(__doc__, "speed", vocab=(4096, "the trained tokenizer's size (as in the quality runs)"), batch=8,
+               seq_len=128, repeats=12, threads=1, compile=(False, "also each combination with compiled blocks"),
+               steps_per_sample=(1, "training steps per timed sample"),
+               hook_steps=(0, "amortise the strategy hook's periodic work over 1..N"))
     p.add_argument("--sizes", "--size", nargs="+", default=["20m"])
-    p.add_argument("--vocab", type=int, default=4096, help="the trained tokenizer's size (as in the quality runs)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=12)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
-    p.add_argument("--compile", action="store_true", help="also each combination with compiled blocks")
-    p.add_argument("--steps-per-sample", type=int, default=1, help="training steps per timed sample")
-    p.add_argument("--hook-steps", type=int, default=0, help="amortise the strategy hook's periodic work over 1..N")
     add_combo_args(p)
     args = p.parse_args(options)
     if args.compile:  # a twin of each combination: "<label> compiled", train.compile=true
@@ -119,8 +102,4 @@ def main(argv=None) -> dict:
     report |= {"rows": rows, "not_supported": skipped}
     if args.device == "cuda":
         report |= {"gpu": torch.cuda.get_device_name(), "peak_allocated": torch.cuda.max_memory_allocated()}
-    write_json(args, report)
-    from benchmarks.report import speed_section
-
-    print(speed_section(report))
-    return report
+    return write_json(args, report, speed_section)

@@ -1,14 +1,10 @@
 """The suite: every run whose figures docs/ and README cite, as one registered list, then docs/RESULTS.md.
 
     python -m benchmarks suite                       # every CPU entry (GPU ones where a GPU is), then the report
-    python -m benchmarks suite --dry-run             # each entry's command and expected time, nothing run
     python -m benchmarks suite --only memory speed   # these entries; --skip NAME ... leaves some out
-    python -m benchmarks suite --report-only         # re-render docs/RESULTS.md from the suite's results files
 
-An entry's name is its results file's stem: entry `sltrain_memory` runs `python -m benchmarks memory --out
-sltrain_memory ...` and writes benchmarks/results/sltrain_memory.json. docs/RESULTS.md is rendered only from
-these files (benchmarks/report.py refuses any other). Times are this 2-core CPU's (GPU entries: one H200); the
-whole CPU list is many hours, so pick with --only / --skip.
+An entry's name is its results file's stem (`sltrain_memory` writes benchmarks/results/sltrain_memory.json),
+and docs/RESULTS.md is rendered only from these files. Times are a 2-core CPU's (GPU entries: one H200).
 """
 from __future__ import annotations
 
@@ -16,10 +12,11 @@ import argparse
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
-from benchmarks.harness import ROOT
+import torch
+
+from benchmarks.harness import ROOT, timed
 
 PLOTS = {"memory", "quality", "memory_scale"}  # the benchmarks that also draw <out>.png
 LONG = "--steps 400 --seq-len 128 --batch 16 --micro-batch 16"  # 20m, 400 steps x 2048 tokens
@@ -109,14 +106,10 @@ def run(entry: Entry, dry_run: bool) -> float | None:
     print(f"=== {entry.name} (~{entry.minutes:g} min, {entry.device}): {shown}", flush=True)
     if dry_run:
         return None
-    import torch
-
     if entry.device == "cuda" and not torch.cuda.is_available():
         print(f"=== {entry.name}: skipped, no CUDA GPU visible", flush=True)
         return None
-    start = time.perf_counter()
-    subprocess.run(entry.command(), cwd=ROOT, check=True)
-    return time.perf_counter() - start
+    return timed(subprocess.run, entry.command(), cwd=ROOT, check=True)[1]
 
 
 def main(argv=None) -> None:
