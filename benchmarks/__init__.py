@@ -1,6 +1,7 @@
 """Benchmarks, one command: `python -m benchmarks --list`; `python -m benchmarks <name> [options] [-- overrides]`.
 Each is benchmarks/<name>.py with a `main(argv)` over benchmarks/harness.py; `suite` runs every cited figure.
 """
+
 from __future__ import annotations
 
 import importlib

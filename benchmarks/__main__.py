@@ -1,4 +1,5 @@
 """python -m benchmarks --list | <name> [options] [-- Hydra overrides]"""
+
 import sys
 
 from benchmarks import BENCHMARKS, run

@@ -6,6 +6,7 @@ One training step first, so the AdamW moments exist. The resume reads what the s
 cache: an upper bound on read speed; the save too is timed to the page cache (os.sync() around it, untimed).
 --rev measures an older tree running this script as at --script-rev (the first revision that has it).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,16 +40,34 @@ def build_trainer(cfg, run_dir: str, engine=None, corpus=None):
         optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
         engine = make_engine(model, optimizer, cfg, torch.device("cpu"), agg)
     log = MetricsLog(run_dir, cfg.log, True, cfg.train.steps, {}, "bench")
-    checkpointer = Checkpointer(engine=engine, cfg=cfg, run_dir=run_dir, vocab_size=corpus.vocab_size,
-                                tokenizer_path=corpus.tokenizer_path, strategies={"param": param, "agg": agg},
-                                rank=0, world_size=1, info=log.info)
-    trainer = Trainer(train=cfg.train, seq_len=cfg.data.seq_len, engine=engine, param=param, data=corpus,
-                      checkpointer=checkpointer, log=log, rank=0, world_size=1)
+    checkpointer = Checkpointer(
+        engine=engine,
+        cfg=cfg,
+        run_dir=run_dir,
+        vocab_size=corpus.vocab_size,
+        tokenizer_path=corpus.tokenizer_path,
+        strategies={"param": param, "agg": agg},
+        rank=0,
+        world_size=1,
+        info=log.info,
+    )
+    trainer = Trainer(
+        train=cfg.train,
+        seq_len=cfg.data.seq_len,
+        engine=engine,
+        param=param,
+        data=corpus,
+        checkpointer=checkpointer,
+        log=log,
+        rank=0,
+        world_size=1,
+    )
     return trainer, corpus
 
 
 def at_revision(args, argv) -> dict:
     """This benchmark on an older tree: a checkout of --rev running the script of --script-rev."""
+
     def git(*cmd) -> bytes:
         return subprocess.run(["git", *cmd], cwd=ROOT, check=True, capture_output=True).stdout
 
@@ -64,23 +83,47 @@ def at_revision(args, argv) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__, "checkpoint_io", size="350m", vocab=(32000, "model vocabulary (the papers' tokenizer)"),
-                  threads=2, verify=["sizes", "full", "off"], repeats=(2, "resumes per mode (the fastest is reported)"),
-                  rev=(None, "measure this git revision's tree instead"),
-                  script_rev=(None, "with --rev: the revision whose copy of this script runs")).parse_args(argv)
+    args = parser(
+        __doc__,
+        "checkpoint_io",
+        size="350m",
+        vocab=(32000, "model vocabulary (the papers' tokenizer)"),
+        threads=2,
+        verify=["sizes", "full", "off"],
+        repeats=(2, "resumes per mode (the fastest is reported)"),
+        rev=(None, "measure this git revision's tree instead"),
+        script_rev=(None, "with --rev: the revision whose copy of this script runs"),
+    ).parse_args(argv)
     if args.rev:
         return at_revision(args, list(sys.argv[2:] if argv is None else argv))
     out = tempfile.mkdtemp(prefix="ckpt-io-")
-    cfg = compose([f"model.size={args.size}", f"model.vocab_size={args.vocab}", "data.seq_len=32",
-                   "data.vocab_size=512", "train.global_batch_size=1", "train.micro_batch_size=1", "train.steps=1",
-                   "train.keep_last=1", f"train.threads={args.threads}", "log.progress=lines", f"run.out_dir={out}",
-                   "run.name=bench"])
+    cfg = compose(
+        [
+            f"model.size={args.size}",
+            f"model.vocab_size={args.vocab}",
+            "data.seq_len=32",
+            "data.vocab_size=512",
+            "train.global_batch_size=1",
+            "train.micro_batch_size=1",
+            "train.steps=1",
+            "train.keep_last=1",
+            f"train.threads={args.threads}",
+            "log.progress=lines",
+            f"run.out_dir={out}",
+            "run.name=bench",
+        ]
+    )
     dist.set_threads(args.threads)
     run_dir = os.path.join(out, "bench")
     os.makedirs(run_dir, exist_ok=True)
     trainer, corpus = build_trainer(cfg, run_dir)
-    report = {"command": command("checkpoint_io", argv), "size": args.size, "vocab": args.vocab,
-              **time_save(trainer), "resume_s": time_resumes(args, cfg, run_dir, trainer, corpus)}
+    report = {
+        "command": command("checkpoint_io", argv),
+        "size": args.size,
+        "vocab": args.vocab,
+        **time_save(trainer),
+        "resume_s": time_resumes(args, cfg, run_dir, trainer, corpus),
+    }
     write_json(args, report)
     shutil.rmtree(out, ignore_errors=True)
     dist.destroy()

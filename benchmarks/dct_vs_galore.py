@@ -6,6 +6,7 @@ The matrices are every block's seven projections, with fixed random gradients. T
 alternation and each ratio is the median over steps of (DCT time / GaLore time) in the same step, which cancels
 a shared machine's drifting load. Step 0 also allocates the state, so it is not in the refresh median.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -13,7 +14,7 @@ import statistics
 import torch
 
 from benchmarks.harness import command, parser, state_tensors, tensor_bytes, timed, write_json
-from benchmarks.report import dct_section
+from benchmarks.sections import dct_section
 from models import LLAMA_SIZES
 from optim import projectors
 from optim.lowrank_adam import LowRankAdamW
@@ -37,9 +38,14 @@ def make_optimizers(shapes, grads, args) -> dict:
         return ps
 
     opts = {
-        "dct_adamw": LowRankAdamW([{"params": params(), "projected": True}], lr=1e-3, rank=args.rank, update_gap=args.gap),
-        "galore_torch": GaLoreAdamW([{"params": params(), "rank": args.rank, "update_proj_gap": args.gap, "scale": 0.25,
-                                      "proj_type": "std"}], lr=1e-3, no_deprecation_warning=True),
+        "dct_adamw": LowRankAdamW(
+            [{"params": params(), "projected": True}], lr=1e-3, rank=args.rank, update_gap=args.gap
+        ),
+        "galore_torch": GaLoreAdamW(
+            [{"params": params(), "rank": args.rank, "update_proj_gap": args.gap, "scale": 0.25, "proj_type": "std"}],
+            lr=1e-3,
+            no_deprecation_warning=True,
+        ),
     }
     opts["adamw (torch, full rank)"] = torch.optim.AdamW(params(), lr=1e-3, foreach=False)
     return opts
@@ -54,7 +60,9 @@ def time_steps(opts: dict, args) -> dict[str, dict[str, list[float]]]:
         active = [n for n in opts if not (n.startswith("adamw") and step >= args.gap + 2)]
         for name in active:
             times[name][kind].append(timed(opts[name].step)[1])
-        print(f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active), flush=True)
+        print(
+            f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active), flush=True
+        )
     return times
 
 
@@ -69,31 +77,53 @@ def run(args, argv) -> dict:
         # galore-torch keeps P inside a Python projector object: state_tensors finds it there.
         state = tensor_bytes(t for s in opt.state.values() for v in s.values() for t in state_tensors(v))
         cache = tensor_bytes(projectors._CACHE.values()) * name.startswith("dct")
-        rows[name] = {"refresh_ms_median": 1e3 * statistics.median(refresh) if not name.startswith("adamw") else None,
-                      "steady_ms_median": 1e3 * statistics.median(times[name]["steady"]),
-                      "state_bytes": state, "basis_cache_bytes": cache,
-                      "refresh_samples_ms": [1e3 * t for t in times[name]["refresh"]],
-                      "steady_samples_ms": [1e3 * t for t in times[name]["steady"]]}
+        rows[name] = {
+            "refresh_ms_median": 1e3 * statistics.median(refresh) if not name.startswith("adamw") else None,
+            "steady_ms_median": 1e3 * statistics.median(times[name]["steady"]),
+            "state_bytes": state,
+            "basis_cache_bytes": cache,
+            "refresh_samples_ms": [1e3 * t for t in times[name]["refresh"]],
+            "steady_samples_ms": [1e3 * t for t in times[name]["steady"]],
+        }
     dct, galore = rows["dct_adamw"], rows["galore_torch"]
 
     def paired(kind: str) -> float:
         """The median over steps of (DCT time / GaLore time) in the same step: robust to drifting load."""
-        pairs = list(zip(dct[f"{kind}_samples_ms"], galore[f"{kind}_samples_ms"]))[kind == "refresh":]
+        pairs = list(zip(dct[f"{kind}_samples_ms"], galore[f"{kind}_samples_ms"]))[kind == "refresh" :]
         return statistics.median(a / b for a, b in pairs)
 
-    ratios = {"refresh_time": paired("refresh"), "steady_time": paired("steady"),
-              "state_bytes": (dct["state_bytes"] + dct["basis_cache_bytes"]) / galore["state_bytes"]}
-    return {"command": command("dct_vs_galore", argv), "threads": args.threads, "size": args.size, "rank": args.rank,
-            "gap": args.gap, "num_matrices": len(shapes), "torch": torch.__version__, "rows": rows,
-            "ratios_dct_over_galore_torch": ratios, "targets": {"refresh_time": 0.1, "steady_time": 1.0, "state_bytes": 0.7}}
+    ratios = {
+        "refresh_time": paired("refresh"),
+        "steady_time": paired("steady"),
+        "state_bytes": (dct["state_bytes"] + dct["basis_cache_bytes"]) / galore["state_bytes"],
+    }
+    return {
+        "command": command("dct_vs_galore", argv),
+        "threads": args.threads,
+        "size": args.size,
+        "rank": args.rank,
+        "gap": args.gap,
+        "num_matrices": len(shapes),
+        "torch": torch.__version__,
+        "rows": rows,
+        "ratios_dct_over_galore_torch": ratios,
+        "targets": {"refresh_time": 0.1, "steady_time": 1.0, "state_bytes": 0.7},
+    }
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__, "dct_vs_galore", rank=256, gap=(5, "update gap: steps 0, gap, 2 gap, ... refresh"), steps=11,
-               threads=1)
+    p = parser(
+        __doc__, "dct_vs_galore", rank=256, gap=(5, "update gap: steps 0, gap, 2 gap, ... refresh"), steps=11, threads=1
+    )
     p.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
         p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
-    return write_json(args, run(args, argv), lambda r: dct_section(r) + "(dct_adamw's shared basis cache: "
-                      f"{r['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)")
+    return write_json(
+        args,
+        run(args, argv),
+        lambda r: (
+            dct_section(r) + "(dct_adamw's shared basis cache: "
+            f"{r['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)"
+        ),
+    )

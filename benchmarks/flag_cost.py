@@ -5,6 +5,7 @@
 
 Time: the slowest rank's (a barrier first), median over repeats. Bytes: counted from the collectives issued.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,23 +67,35 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="flag-cost-")) / "raw.json"
     run_distributed(measure, args.nproc, args.numel, args.repeats, str(tmp))
     results = json.loads(tmp.read_text())
-    lines = [f"p = {args.nproc} processes (gloo, CPU), median of {args.repeats} calls",
-             f"{'n':>9} {'aggregator':<22} {'time ms':>9} {'x mean':>7} {'MB sent/rank':>13} {'x mean':>7}"]
+    lines = [
+        f"p = {args.nproc} processes (gloo, CPU), median of {args.repeats} calls",
+        f"{'n':>9} {'aggregator':<22} {'time ms':>9} {'x mean':>7} {'MB sent/rank':>13} {'x mean':>7}",
+    ]
     ratios = {}
     for numel in args.numel:
         mean = results[f"{numel}/mean"]
         for label in VARIANTS:
             r = results[f"{numel}/{label}"]
-            lines.append(f"{numel:>9} {label:<22} {1e3 * r['time_s']:9.2f} {r['time_s'] / mean['time_s']:7.2f} "
-                         f"{r['bytes_sent'] / 2**20:13.3f} {r['bytes_sent'] / max(1.0, mean['bytes_sent']):7.2f}")
+            lines.append(
+                f"{numel:>9} {label:<22} {1e3 * r['time_s']:9.2f} {r['time_s'] / mean['time_s']:7.2f} "
+                f"{r['bytes_sent'] / 2**20:13.3f} {r['bytes_sent'] / max(1.0, mean['bytes_sent']):7.2f}"
+            )
         sharded, gathered = results[f"{numel}/flag sharded"], results[f"{numel}/flag allgather"]
-        ratios[numel] = {"flag_time_over_mean": sharded["time_s"] / mean["time_s"],
-                         "allgather_bytes_over_sharded": gathered["bytes_sent"] / sharded["bytes_sent"],
-                         "allgather_time_over_sharded": gathered["time_s"] / sharded["time_s"]}
-        lines.append(f"{'':>9} ratios: flag(sharded)/mean time {ratios[numel]['flag_time_over_mean']:.2f}x; "
-                     f"all-gather/sharded bytes {ratios[numel]['allgather_bytes_over_sharded']:.2f}x "
-                     f"(counted; (p-1)n vs 2(p-1)n/p = p/2), time {ratios[numel]['allgather_time_over_sharded']:.2f}x")
+        ratios[numel] = {
+            "flag_time_over_mean": sharded["time_s"] / mean["time_s"],
+            "allgather_bytes_over_sharded": gathered["bytes_sent"] / sharded["bytes_sent"],
+            "allgather_time_over_sharded": gathered["time_s"] / sharded["time_s"],
+        }
+        lines.append(
+            f"{'':>9} ratios: flag(sharded)/mean time {ratios[numel]['flag_time_over_mean']:.2f}x; "
+            f"all-gather/sharded bytes {ratios[numel]['allgather_bytes_over_sharded']:.2f}x "
+            f"(counted; (p-1)n vs 2(p-1)n/p = p/2), time {ratios[numel]['allgather_time_over_sharded']:.2f}x"
+        )
     print("\n".join(lines))
-    report = {"args": {**vars(args), "results_dir": relative(str(args.results_dir))}, "results": results,
-              "ratios": ratios, "table": lines}
+    report = {
+        "args": {**vars(args), "results_dir": relative(str(args.results_dir))},
+        "results": results,
+        "ratios": ratios,
+        "table": lines,
+    }
     return write_json(args, report)

@@ -1,7 +1,7 @@
 """Robustness run: p CPU processes, f of them Byzantine, each attack; final validation loss of each aggregator
 against a clean `mean` run with the same seed and steps (acceptance: every attack within --tolerance).
 
-    python -m benchmarks flag_robustness                  # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
+    python -m benchmarks flag_robustness   # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
     python -m benchmarks flag_robustness --nproc 8 --byzantine 2 --out flag_robustness_p8   # ~20 min
 
 Each run is train.py under torchrun (the debug model on the built-in corpus), as a user would start it.
@@ -10,6 +10,7 @@ method to tell them from an attacker: with 4 sequences per worker (`--batch 16`)
 (mean pairwise cosine ~0.03-0.1), every 3 of 4 workers span an equally good flag, and no flag-based aggregate
 can single the attacker out.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,11 +40,22 @@ def agg_overrides(args, agg: str) -> list[str]:
 
 def base_overrides(args, out_dir: Path, cache: Path) -> list[str]:
     return [
-        "model.size=debug", f"data.seq_len={args.seq_len}", "data.vocab_size=512", f"train.steps={args.steps}",
-        f"train.global_batch_size={args.batch}", f"train.micro_batch_size={args.batch // args.nproc}",
-        f"train.eval_every={args.steps}", f"train.eval_batches={args.eval_batches}", f"train.log_every={args.steps}",
-        f"train.save_every={args.steps}", "train.threads=1", f"train.seed={args.seed}", "train.resume=never",
-        "log.progress=lines", f"run.out_dir={out_dir}", f"data.cache_dir={cache}",
+        "model.size=debug",
+        f"data.seq_len={args.seq_len}",
+        "data.vocab_size=512",
+        f"train.steps={args.steps}",
+        f"train.global_batch_size={args.batch}",
+        f"train.micro_batch_size={args.batch // args.nproc}",
+        f"train.eval_every={args.steps}",
+        f"train.eval_batches={args.eval_batches}",
+        f"train.log_every={args.steps}",
+        f"train.save_every={args.steps}",
+        "train.threads=1",
+        f"train.seed={args.seed}",
+        "train.resume=never",
+        "log.progress=lines",
+        f"run.out_dir={out_dir}",
+        f"data.cache_dir={cache}",
     ]
 
 
@@ -59,17 +71,24 @@ def run_one(args, name: str, overrides: list[str], out_dir: Path, cache: Path) -
 
     vals = [r["val/loss"] for r in records if "val/loss" in r and r["step"] > 0]
     weights = [median(f"agg/weight_rank{r}") for r in args.byzantine_ranks]
-    result = {"val_loss": float(vals[-1]) if vals else float("nan"), "byzantine_weights": weights,
-              "byzantine_weight": max(weights) if None not in weights else None,
-              "mean_cosine": median("agg/mean_cosine"), "wall_s": wall}
+    result = {
+        "val_loss": float(vals[-1]) if vals else float("nan"),
+        "byzantine_weights": weights,
+        "byzantine_weight": max(weights) if None not in weights else None,
+        "mean_cosine": median("agg/mean_cosine"),
+        "wall_s": wall,
+    }
     print(f"  {name:<32} val loss {result['val_loss']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
     return result
 
 
 def loss_table(args, results: dict, clean: float) -> list[str]:
     header = f"{'attack':<16}" + "".join(f"{a:>20}" for a in args.aggs)
-    lines = [f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of "
-             f"{args.nproc}", header]
+    lines = [
+        f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of "
+        f"{args.nproc}",
+        header,
+    ]
     for attack in ["clean", *args.attacks]:
         cells = []
         for agg in args.aggs:
@@ -88,8 +107,11 @@ def verdicts(args, results: dict, clean: float) -> dict[str, dict]:
         ratios = {t: loss / clean if math.isfinite(loss) else float("inf") for t, loss in losses.items()}
         worst = max(ratios, key=ratios.get)
         finite = math.isfinite(ratios[worst])  # a nan loss (diverged) is stored as None, JSON has no inf
-        out[agg] = {"worst_attack": worst, "worst_ratio": ratios[worst] if finite else None,
-                    "within_tolerance": finite and ratios[worst] <= 1 + args.tolerance}
+        out[agg] = {
+            "worst_attack": worst,
+            "worst_ratio": ratios[worst] if finite else None,
+            "within_tolerance": finite and ratios[worst] <= 1 + args.tolerance,
+        }
     return out
 
 
@@ -97,20 +119,35 @@ def verdict_lines(args, verdict: dict) -> list[str]:
     lines = ["", f"worst ratio to the clean loss (tolerance {1 + args.tolerance:.2f})"]
     for agg, v in verdict.items():
         shown = "nan" if v["worst_ratio"] is None else f"{v['worst_ratio']:.3f}"
-        lines.append(f"{agg:<20} {shown:>8} ({v['worst_attack']})  {'within' if v['within_tolerance'] else 'NOT within'}")
+        lines.append(
+            f"{agg:<20} {shown:>8} ({v['worst_attack']})  {'within' if v['within_tolerance'] else 'NOT within'}"
+        )
     return lines
 
 
 def weight_table(args, results: dict) -> list[str]:
     """The Byzantine ranks' largest logged weight (median over steps) for the aggregators that log one."""
-    aggs = [a for a in args.aggs if any(results.get(f"{t}/{a}", {}).get("byzantine_weight") is not None for t in args.attacks)]
+    aggs = [
+        a
+        for a in args.aggs
+        if any(results.get(f"{t}/{a}", {}).get("byzantine_weight") is not None for t in args.attacks)
+    ]
     if not aggs:
         return []
-    cosines = [results[f"clean/{a}"]["mean_cosine"] for a in aggs if results.get(f"clean/{a}", {}).get("mean_cosine") is not None]
-    lines = ["", f"weight of Byzantine ranks {args.byzantine_ranks} in the aggregate "
-                 "(the largest, median over steps; 1 = fully used, 0 = ignored)"]
+    cosines = [
+        results[f"clean/{a}"]["mean_cosine"]
+        for a in aggs
+        if results.get(f"clean/{a}", {}).get("mean_cosine") is not None
+    ]
+    lines = [
+        "",
+        f"weight of Byzantine ranks {args.byzantine_ranks} in the aggregate "
+        "(the largest, median over steps; 1 = fully used, 0 = ignored)",
+    ]
     if cosines:
-        lines.append(f"workers' mean pairwise gradient cosine in the clean {aggs[0]} run (median over steps): {cosines[0]:.3f}")
+        lines.append(
+            f"workers' mean pairwise gradient cosine in the clean {aggs[0]} run (median over steps): {cosines[0]:.3f}"
+        )
     lines.append(f"{'attack':<16}" + "".join(f"{a:>20}" for a in aggs))
     for attack in args.attacks:
         ws = [results.get(f"{attack}/{a}", {}).get("byzantine_weight") for a in aggs]
@@ -119,9 +156,18 @@ def weight_table(args, results: dict) -> list[str]:
 
 
 def parse_args(argv):
-    p = parser(__doc__, "flag_robustness", steps=100, seq_len=64, batch=(256, "global batch (sequences per step)"),
-               eval_batches=8, nproc=(4, "workers p (torchrun processes)"), byzantine=(1, "Byzantine ranks f: 1..f"),
-               seed=0, tolerance=(0.05, "allowed loss above the clean run"))
+    p = parser(
+        __doc__,
+        "flag_robustness",
+        steps=100,
+        seq_len=64,
+        batch=(256, "global batch (sequences per step)"),
+        eval_batches=8,
+        nproc=(4, "workers p (torchrun processes)"),
+        byzantine=(1, "Byzantine ranks f: 1..f"),
+        seed=0,
+        tolerance=(0.05, "allowed loss above the clean run"),
+    )
     p.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
     p.add_argument("--aggs", nargs="+", default=["mean", "flag"], choices=list(AGGS))
     args = p.parse_args(argv)
@@ -149,12 +195,23 @@ def run_all(args) -> dict[str, dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    print(f"{args.nproc} processes, debug model, {args.steps} steps, seq {args.seq_len}, batch {args.batch}, "
-          f"Byzantine ranks {args.byzantine_ranks}, seed {args.seed}", flush=True)
+    print(
+        f"{args.nproc} processes, debug model, {args.steps} steps, seq {args.seq_len}, batch {args.batch}, "
+        f"Byzantine ranks {args.byzantine_ranks}, seed {args.seed}",
+        flush=True,
+    )
     results = run_all(args)
     clean = results["clean/mean"]["val_loss"]
     verdict = verdicts(args, results, clean)
     lines = loss_table(args, results, clean) + verdict_lines(args, verdict) + weight_table(args, results)
     print("\n".join(lines))
-    return write_json(args, {"args": {**vars(args), "results_dir": relative(str(args.results_dir))},
-                             "clean_val_loss": clean, "results": results, "verdict": verdict, "table": lines})
+    return write_json(
+        args,
+        {
+            "args": {**vars(args), "results_dir": relative(str(args.results_dir))},
+            "clean_val_loss": clean,
+            "results": results,
+            "verdict": verdict,
+            "table": lines,
+        },
+    )

@@ -2,15 +2,13 @@
 -> registries), time steps (interleaved medians), measure memory, write JSON and plots, start train.py as a user
 would (one process or torchrun) and run functions in gloo process groups. Strategies are looked up by name only.
 """
+
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections import namedtuple
@@ -27,6 +25,14 @@ sys.path.insert(0, str(ROOT))  # the strategies' packages, however the harness w
 import agg  # noqa: E402,F401  (registers strategies)
 import optim  # noqa: E402,F401
 import param  # noqa: E402,F401
+from benchmarks.processes import (  # noqa: E402,F401  (re-exported: the benchmarks' one import)
+    free_port,
+    read_metrics,
+    run_distributed,
+    run_train,
+    train_command,
+    train_env,
+)
 from models import Llama, shape_for  # noqa: E402
 from trainer.compile import maybe_compile  # noqa: E402
 from trainer.config import Config, resolve  # noqa: E402
@@ -46,9 +52,15 @@ def parser(doc: str, out: str | None, **options) -> argparse.ArgumentParser:
     p.add_argument("--out", default=out, required=out is None, help="results file <results-dir>/<out>.json")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     for name, (default, what) in ((k, v if isinstance(v, tuple) else (v, None)) for k, v in options.items()):
-        kind = {"action": "store_true"} if default is False else {"type": type(default)} \
-            if isinstance(default, (int, float)) else {"nargs": "+", "type": type(next(iter(default), ""))} \
-            if isinstance(default, list) else {}
+        kind = (
+            {"action": "store_true"}
+            if default is False
+            else {"type": type(default)}
+            if isinstance(default, (int, float))
+            else {"nargs": "+", "type": type(next(iter(default), ""))}
+            if isinstance(default, list)
+            else {}
+        )
         p.add_argument(f"--{name.replace('_', '-')}", default=default, help=what, **kind)
     return p
 
@@ -56,7 +68,7 @@ def parser(doc: str, out: str | None, **options) -> argparse.ArgumentParser:
 def split_overrides(argv: list[str] | None) -> tuple[list[str], list[str]]:
     """(options, Hydra overrides after `--`): the overrides go to every combination a benchmark builds."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    return (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
 
 
 def command(name: str, argv: list[str] | None) -> str:
@@ -102,7 +114,8 @@ def stacked_bars(ax, labels: list[str], parts: dict[str, list[float]], horizonta
 
 
 def compose(overrides: list[str]) -> Config:
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -120,8 +133,14 @@ def add_combo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optims", nargs="+", default=OPTIMS)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
-    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("LABEL", "OVERRIDES"),
-                   help="an extra combination: its label ('param+optim' then any words) and its overrides")
+    p.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("LABEL", "OVERRIDES"),
+        help="an extra combination: its label ('param+optim' then any words) and its overrides",
+    )
 
 
 def combos(args, overrides: list[str]) -> list[Combo]:
@@ -142,8 +161,15 @@ class Built:
     ops: object = None  # the engine's ops for the strategy's step hook (engine_ops), when it has one
 
 
-def build(size: str, param_name: str, optim_name: str | None, extra: list[str] = (), vocab: int = VOCAB,
-          seq_len: int = 256, device: str = "cpu") -> Built:
+def build(
+    size: str,
+    param_name: str,
+    optim_name: str | None,
+    extra: list[str] = (),
+    vocab: int = VOCAB,
+    seq_len: int = 256,
+    device: str = "cpu",
+) -> Built:
     """The model converted by `param_name`, and (unless None) the `optim_name` optimizer over it."""
     cfg = compose([f"model.size={size}", f"param={param_name}", f"optim={optim_name or 'adamw'}", *extra])
     ctx = BuildContext(model_size=size, seed=cfg.train.seed)
@@ -234,55 +260,3 @@ def timed_round_robin(fns: dict[str, callable], repeats: int) -> dict[str, float
         for k in list(fns) if i % 2 == 0 else reversed(list(fns)):
             times[k].append(timed(fns[k])[1])
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
-    """train.py with these Hydra overrides: directly for one process, under torchrun for more."""
-    if nproc == 1:
-        return [sys.executable, str(ROOT / "train.py"), *overrides]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-            "--max-restarts=0", str(ROOT / "train.py"), *overrides]
-
-
-def train_env(threads: int = 1) -> dict:
-    """This process's environment for a train.py child: its threads, no process group of ours to join."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    for key in ("SLURM_JOB_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def run_train(overrides: list[str], nproc: int = 1, threads: int = 1):
-    """train.py to its end, started as a user would: (the CompletedProcess, its wall seconds)."""
-    return timed(subprocess.run, train_command(overrides, nproc), cwd=ROOT, env=train_env(threads),
-                 capture_output=True, text=True)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _gloo_worker(rank, world_size, port, fn, args):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        fn(rank, world_size, *args)
-        dist.barrier()  # no rank tears gloo down while a peer is still using it
-    finally:
-        dist.destroy_process_group()
-
-
-def run_distributed(fn, world_size: int, *args) -> None:
-    """Run fn(rank, world_size, *args) in world_size gloo processes (fn must be importable)."""
-    import torch.multiprocessing as mp
-
-    mp.start_processes(_gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True,
-                       start_method="spawn")

@@ -8,6 +8,7 @@ Each size and combination runs in a fresh process (so one's peak is not another'
 projections alone. Peak step memory on a CPU is the resident set's peak (heap trimmed, VmHWM reset) minus the
 process's before the model existed; on a GPU, the allocator's peak. Ratios are against full-rank AdamW.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,9 +16,22 @@ import json
 import subprocess
 import sys
 
-from benchmarks.harness import ROOT, VOCAB, add_combo_args, combos, command, parser, pyplot, split_overrides
-from benchmarks.harness import build, stacked_bars, state_bytes, train_step, write_json
-from benchmarks.report import memory_section
+from benchmarks.harness import (
+    ROOT,
+    VOCAB,
+    add_combo_args,
+    build,
+    combos,
+    command,
+    parser,
+    pyplot,
+    split_overrides,
+    stacked_bars,
+    state_bytes,
+    train_step,
+    write_json,
+)
+from benchmarks.sections import memory_section
 
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
 
@@ -52,8 +66,14 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
     tokens = torch.randint(0, VOCAB, (batch, seq_len + 1), generator=gen).to(device)
     train_step(b, tokens, autocast=bf16)  # the first step allocates gradients and optimizer state
     prefixes = tuple(f"{name}." for name, _, _, _ in projection_modules(b.model))  # the seven block projections
-    out = {"size": size, "label": combo["label"], "param": combo["param"], "optim": combo["optim"], **state_bytes(b),
-           "projections": state_bytes(b, lambda n: n.startswith(prefixes))}  # what a weight-side method replaces
+    out = {
+        "size": size,
+        "label": combo["label"],
+        "param": combo["param"],
+        "optim": combo["optim"],
+        **state_bytes(b),
+        "projections": state_bytes(b, lambda n: n.startswith(prefixes)),
+    }  # what a weight-side method replaces
     if peak and device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         train_step(b, tokens, autocast=bf16)
@@ -69,8 +89,12 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
 def run_child(args, size: str, combo, peak: bool, refused: str | None) -> dict:
     """child() in a fresh process; a refused or failed combination's row holds its one-line error instead."""
     spec = [size, combo._asdict(), args.batch, args.seq_len, peak, args.device, args.bf16]
-    proc = refused or subprocess.run([sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
-                                     capture_output=True, text=True, cwd=ROOT)
+    proc = refused or subprocess.run(
+        [sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if refused or proc.returncode != 0:
         error = refused or (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return {"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": error}
@@ -128,13 +152,25 @@ def main(argv=None) -> dict:
     options, overrides = split_overrides(argv)
     if options[:1] == ["--child"]:
         return print(json.dumps(child(*json.loads(options[1]))))
-    p = parser(__doc__, "memory", sizes=["60m", "130m", "350m"], batch=4, seq_len=256,
-               peak_size=("130m", "the size whose peak step memory is measured ('none': none)"),
-               fit=(False, "the largest of --sizes (in order) each combination fits"))
+    p = parser(
+        __doc__,
+        "memory",
+        sizes=["60m", "130m", "350m"],
+        batch=4,
+        seq_len=256,
+        peak_size=("130m", "the size whose peak step memory is measured ('none': none)"),
+        fit=(False, "the largest of --sizes (in order) each combination fits"),
+    )
     add_combo_args(p)
     args = p.parse_args(options)
     rows, fits = measure(args, overrides)
     rows = sorted(with_ratios(rows), key=lambda r: args.sizes.index(r["size"]))
-    report = {"command": command("memory", argv), "batch": args.batch, "seq_len": args.seq_len, "device": args.device,
-              "rows": rows, **({"largest_fit": fits} if args.fit else {})}
+    report = {
+        "command": command("memory", argv),
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "device": args.device,
+        "rows": rows,
+        **({"largest_fit": fits} if args.fit else {}),
+    }
     return write_json(args, report, memory_section, lambda path: plot(rows, path))

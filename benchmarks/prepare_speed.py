@@ -8,6 +8,7 @@ not repeat too. CPU microseconds per token say what a core does, whatever the lo
 the cores the workers actually get. `serial_lines` is the former path verbatim (HF datasets' text builder, a
 document per line); `serial_paragraphs` the same loop over today's documents, whose tokens prepare's must equal.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,6 +78,7 @@ def free_cores(workers: int) -> float:
 
 def timed(fn) -> tuple[int, float, float]:
     """(fn's result, its wall seconds, its CPU seconds: what the work costs, whatever the load)."""
+
     def cpu() -> float:  # this process's and its finished children's
         usage = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         return sum(r.ru_utime + r.ru_stime for r in usage)
@@ -90,16 +92,29 @@ def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers
     sp = spm.SentencePieceProcessor(model_file=tok_path)
     runs["free_cores"].append(free_cores(workers))
     print(f"free cores for {workers} processes right now: {runs['free_cores'][-1]:.2f}", flush=True)
-    for name, fn in (("serial_lines", lambda: serial(former_documents(str(text)), sp, str(workdir / "a.bin"))),
-                     ("serial_paragraphs", lambda: serial(corpus.documents(cfg), sp, str(workdir / "b.bin"))),
-                     ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
-                     ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1))):
+    for name, fn in (
+        ("serial_lines", lambda: serial(former_documents(str(text)), sp, str(workdir / "a.bin"))),
+        ("serial_paragraphs", lambda: serial(corpus.documents(cfg), sp, str(workdir / "b.bin"))),
+        ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
+        ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1)),
+    ):
         load = os.getloadavg()[0]
         n, seconds, cpu = timed(fn)
-        runs[name].append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds, "cpu_s": cpu,
-                           "cpu_us_per_token": cpu / n * 1e6, "load_before": load})
-        print(f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
-              f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+        runs[name].append(
+            {
+                "tokens": n,
+                "seconds": seconds,
+                "tokens_per_s": n / seconds,
+                "cpu_s": cpu,
+                "cpu_us_per_token": cpu / n * 1e6,
+                "load_before": load,
+            }
+        )
+        print(
+            f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
+            f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)",
+            flush=True,
+        )
     first = np.fromfile(workdir / "b.bin", dtype=np.uint16)  # prepare's tokens are sentencepiece's, not merely as many
     for name in ("c.bin", "d.bin"):
         if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
@@ -110,17 +125,30 @@ def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
     best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
     cpu_per_token = {k: min(r["cpu_us_per_token"] for r in v) for k, v in runs.items() if k != "free_cores"}
     rounds = [p["tokens_per_s"] / s["tokens_per_s"] for p, s in zip(runs["prepare"], runs["serial_lines"])]
-    return {"megabytes": text.stat().st_size / 1e6, "cpu_count": os.cpu_count(), "workers": workers,
-            "tokenizer_training_s": tokenizer_s, "runs": runs, "best_tokens_per_s": best,
-            "best_cpu_us_per_token": cpu_per_token,
-            "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
-            "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
-            "speedup_vs_serial_lines_per_round": rounds, "load_average_after": os.getloadavg()[0]}
+    return {
+        "megabytes": text.stat().st_size / 1e6,
+        "cpu_count": os.cpu_count(),
+        "workers": workers,
+        "tokenizer_training_s": tokenizer_s,
+        "runs": runs,
+        "best_tokens_per_s": best,
+        "best_cpu_us_per_token": cpu_per_token,
+        "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
+        "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
+        "speedup_vs_serial_lines_per_round": rounds,
+        "load_average_after": os.getloadavg()[0],
+    }
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__, "prepare_speed", mb=200, repeats=1, workers=(0, "prepare's processes (0: one per core)"),
-                  text=(None, "a text file to use instead of the repeated corpus")).parse_args(argv)
+    args = parser(
+        __doc__,
+        "prepare_speed",
+        mb=200,
+        repeats=1,
+        workers=(0, "prepare's processes (0: one per core)"),
+        text=(None, "a text file to use instead of the repeated corpus"),
+    ).parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="prepare-speed-"))
     if args.text and args.results_dir == RESULTS:
         args.results_dir = workdir  # another text's figures are not the documented ones
@@ -136,6 +164,12 @@ def main(argv=None) -> dict:
     for _ in range(args.repeats):
         one_round(runs, cfg, text, tok_path, workdir, workers)
     result = {"command": command("prepare_speed", argv), **summary(runs, text, workers, tokenizer_s)}
-    return write_json(args, result, lambda r: f"tokenizer training {tokenizer_s:.1f} s; prepare is "
-                      f"{r['speedup_vs_serial_lines']:.2f}x the former path, "
-                      f"{r['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs")
+    return write_json(
+        args,
+        result,
+        lambda r: (
+            f"tokenizer training {tokenizer_s:.1f} s; prepare is "
+            f"{r['speedup_vs_serial_lines']:.2f}x the former path, "
+            f"{r['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs"
+        ),
+    )

@@ -8,6 +8,7 @@
 Each label runs train.py for real (torchrun when --nproc > 1) on ../shared/data/wikitext103_valid.txt (last 10%
 held out). Under --parallel the runs share the machine, so their tokens/s are no speed figure (`speed` is).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,20 +19,40 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.harness import ROOT, command, parser, pyplot, read_metrics, relative, run_train, split_overrides
-from benchmarks.harness import write_json
-from benchmarks.report import quality_table
+from benchmarks.harness import (
+    ROOT,
+    command,
+    parser,
+    pyplot,
+    read_metrics,
+    relative,
+    run_train,
+    split_overrides,
+    write_json,
+)
+from benchmarks.sections import quality_table
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
 
 def base_overrides(args) -> list[str]:
     return [
-        f"model.size={args.model}", f"data.source={args.data}", "data.val_fraction=0.1", f"data.seq_len={args.seq_len}",
-        f"data.vocab_size={args.vocab_size}", f"train.steps={args.steps}", f"train.global_batch_size={args.batch}",
-        f"train.micro_batch_size={args.micro_batch}", f"train.eval_every={max(1, args.steps // args.evals)}",
-        f"train.eval_batches={args.eval_batches}", f"train.save_every={args.steps}", "train.resume=never",
-        f"train.seed={args.seed}", f"train.threads={args.threads}", "log.progress=lines", "log.wandb=disabled",
+        f"model.size={args.model}",
+        f"data.source={args.data}",
+        "data.val_fraction=0.1",
+        f"data.seq_len={args.seq_len}",
+        f"data.vocab_size={args.vocab_size}",
+        f"train.steps={args.steps}",
+        f"train.global_batch_size={args.batch}",
+        f"train.micro_batch_size={args.micro_batch}",
+        f"train.eval_every={max(1, args.steps // args.evals)}",
+        f"train.eval_batches={args.eval_batches}",
+        f"train.save_every={args.steps}",
+        "train.resume=never",
+        f"train.seed={args.seed}",
+        f"train.threads={args.threads}",
+        "log.progress=lines",
+        "log.wandb=disabled",
         f"run.out_dir={args.results_dir / 'runs' / args.out}",
     ]
 
@@ -54,9 +75,17 @@ def run_one(label: str, extra: str, args) -> dict:
     speed = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r][1:]  # skip the warm-up step
     counts = next((r for r in records if "params/total" in r), {})
     print(f"[quality] {label}: final val loss {val[-1][1]:.4f} ({wall:.0f} s)", flush=True)
-    return {"label": label, "overrides": extra, "final_val_loss": val[-1][1], "first_val_loss": val[0][1],
-            "val_curve": val, "train_curve": train, "tokens_per_s_median": statistics.median(speed) if speed else None,
-            "params_trainable": counts.get("params/trainable"), "wall_s": wall}
+    return {
+        "label": label,
+        "overrides": extra,
+        "final_val_loss": val[-1][1],
+        "first_val_loss": val[0][1],
+        "val_curve": val,
+        "train_curve": train,
+        "tokens_per_s_median": statistics.median(speed) if speed else None,
+        "params_trainable": counts.get("params/trainable"),
+        "wall_s": wall,
+    }
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -65,8 +94,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     for r in (r for r in results if "error" not in r):
         steps, losses = zip(*r["train_curve"])
         window = max(1, len(losses) // 30)
-        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-                  for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         ax_train.plot(steps, smooth, label=r["label"])
         ax_val.plot(*zip(*r["val_curve"]), marker="o", label=r["label"])
     ax_train.set(xlabel="step", ylabel="train loss (smoothed)", title=title)
@@ -80,15 +111,29 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def parse(argv):
     options, pairs = split_overrides(argv)
-    p = parser(__doc__, None, model="20m", data=str(WIKITEXT), steps=300, seq_len=128, vocab_size=4096, batch=16,
-               micro_batch=16, evals=5, eval_batches=16, seed=0, threads=1, nproc=1,
-               parallel=(1, "runs at once (on a GPU the 20m runs leave it mostly idle)"),
-               extra=([], "overrides for every run"),
-               keep_going=(False, "record a failed run and go on (--grid: always)"))
+    p = parser(
+        __doc__,
+        None,
+        model="20m",
+        data=str(WIKITEXT),
+        steps=300,
+        seq_len=128,
+        vocab_size=4096,
+        batch=16,
+        micro_batch=16,
+        evals=5,
+        eval_batches=16,
+        seed=0,
+        threads=1,
+        nproc=1,
+        parallel=(1, "runs at once (on a GPU the 20m runs leave it mostly idle)"),
+        extra=([], "overrides for every run"),
+        keep_going=(False, "record a failed run and go on (--grid: always)"),
+    )
     p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="a sweep: a run per point of the product")
     args = p.parse_args(options)
     if len(pairs) % 2:
-        p.error("runs come in pairs after `--`: label \"overrides\"")
+        p.error('runs come in pairs after `--`: label "overrides"')
     if not Path(args.data).is_file():
         p.error(f"--data {args.data} does not exist")
     args.keep_going |= bool(args.grid)
@@ -102,7 +147,14 @@ def main(argv=None) -> dict:
     args, runs = parse(argv)
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda run: run_one(*run, args), runs))
-    report = {"command": command("quality", argv), "settings": [relative(o) for o in base_overrides(args) + args.extra],
-              "results": results}
-    return write_json(args, report, lambda r: quality_table(r, best_first=bool(args.grid)),
-                      lambda path: plot(results, path, f"{args.model}, {args.steps} steps"))
+    report = {
+        "command": command("quality", argv),
+        "settings": [relative(o) for o in base_overrides(args) + args.extra],
+        "results": results,
+    }
+    return write_json(
+        args,
+        report,
+        lambda r: quality_table(r, best_first=bool(args.grid)),
+        lambda path: plot(results, path, f"{args.model}, {args.steps} steps"),
+    )

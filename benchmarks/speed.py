@@ -10,15 +10,28 @@ combination sees the same machine load. A refresh every T steps is amortised exa
 --steps-per-sample; rarer work (SST's resampling) through --hook-steps N: the hook alone over steps 1..N, its mean
 minus its median per step added. On a GPU the rows also hold MFU (trainer/throughput.py) and the allocator's peak.
 """
+
 from __future__ import annotations
 
 import statistics
 
 import torch
 
-from benchmarks.harness import add_combo_args, build, combos, command, engine_ops, parser, split_overrides
-from benchmarks.harness import sync, timed, timed_round_robin, train_step, write_json
-from benchmarks.report import speed_section
+from benchmarks.harness import (
+    add_combo_args,
+    build,
+    combos,
+    command,
+    engine_ops,
+    parser,
+    split_overrides,
+    sync,
+    timed,
+    timed_round_robin,
+    train_step,
+    write_json,
+)
+from benchmarks.sections import speed_section
 
 
 def hook_cost(b, steps: int) -> float:
@@ -34,8 +47,9 @@ def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
     built, skipped = {}, {}
     for c in combos(args, overrides):
         try:
-            built[c.label] = build(size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len,
-                                   device=args.device)
+            built[c.label] = build(
+                size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len, device=args.device
+            )
             engine_ops(built[c.label], args.device)
         except (ValueError, ImportError, torch.OutOfMemoryError) as e:
             skipped[c.label] = str(e).splitlines()[0]
@@ -56,9 +70,18 @@ def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
     rows = []
     for k, t in medians.items():
         hook_s = hook_cost(built[k], args.hook_steps)
-        rows.append({"combo": k, "size": size, "param": k.split("+")[0], "optim": k.split("+")[1].split()[0],
-                     "step_s": t / args.steps_per_sample + hook_s, "periodic_hook_s": hook_s, "first_step_s": first_s[k],
-                     "params": sum(x.numel() for x in built[k].model.parameters())})
+        rows.append(
+            {
+                "combo": k,
+                "size": size,
+                "param": k.split("+")[0],
+                "optim": k.split("+")[1].split()[0],
+                "step_s": t / args.steps_per_sample + hook_s,
+                "periodic_hook_s": hook_s,
+                "first_step_s": first_s[k],
+                "params": sum(x.numel() for x in built[k].model.parameters()),
+            }
+        )
     return rows, skipped
 
 
@@ -76,23 +99,40 @@ def finish_rows(rows: list[dict], args) -> None:
         if eager:  # a --compile twin: its own eager run is the reference
             r["compiled_over_eager"] = eager["step_s"] / r["step_s"]
         if peak:
-            r["mfu"] = tp.flops_per_token(shape_for(r["size"]), args.vocab, args.seq_len) * r["tokens_per_s"] / (peak * 1e12)
+            r["mfu"] = (
+                tp.flops_per_token(shape_for(r["size"]), args.vocab, args.seq_len) * r["tokens_per_s"] / (peak * 1e12)
+            )
 
 
 def main(argv=None) -> dict:
     options, overrides = split_overrides(argv)
-    p = parser(__doc__, "speed", vocab=(4096, "the trained tokenizer's size (as in the quality runs)"), batch=8,
-               seq_len=128, repeats=12, threads=1, compile=(False, "also each combination with compiled blocks"),
-               steps_per_sample=(1, "training steps per timed sample"),
-               hook_steps=(0, "amortise the strategy hook's periodic work over 1..N"))
+    p = parser(
+        __doc__,
+        "speed",
+        vocab=(4096, "the trained tokenizer's size (as in the quality runs)"),
+        batch=8,
+        seq_len=128,
+        repeats=12,
+        threads=1,
+        compile=(False, "also each combination with compiled blocks"),
+        steps_per_sample=(1, "training steps per timed sample"),
+        hook_steps=(0, "amortise the strategy hook's periodic work over 1..N"),
+    )
     p.add_argument("--sizes", "--size", nargs="+", default=["20m"])
     add_combo_args(p)
     args = p.parse_args(options)
     if args.compile:  # a twin of each combination: "<label> compiled", train.compile=true
         args.variant += [(f"{c.label} compiled", " ".join([*c.extra, "train.compile=true"])) for c in combos(args, [])]
     torch.set_num_threads(args.threads)
-    report = {"command": command("speed", argv), "size": " ".join(args.sizes), "batch": args.batch,
-              "seq_len": args.seq_len, "threads": args.threads, "device": args.device, "torch": torch.__version__}
+    report = {
+        "command": command("speed", argv),
+        "size": " ".join(args.sizes),
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "threads": args.threads,
+        "device": args.device,
+        "torch": torch.__version__,
+    }
     rows, skipped = [], {}
     for size in args.sizes:
         size_rows, size_skipped = time_size(args, overrides, size)

@@ -6,6 +6,7 @@
 An entry's name is its results file's stem (`sltrain_memory` writes benchmarks/results/sltrain_memory.json),
 and docs/RESULTS.md is rendered only from these files. Times are a 2-core CPU's (GPU entries: one H200).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ PLOTS = {"memory", "quality", "memory_scale"}  # the benchmarks that also draw <
 LONG = "--steps 400 --seq-len 128 --batch 16 --micro-batch 16"  # 20m, 400 steps x 2048 tokens
 SHORT = "--steps 200 --seq-len 64 --batch 8 --micro-batch 8"  # 20m, 200 steps x 512 tokens
 LOWMEM = "train.precision=pure_bf16 optim.state_dtype=int8 optim.step_in_backward=true"
-DCT_DEFAULTS = "'dct_adamw (defaults)' optim=dct_adamw 'galore_adamw (defaults)' optim=galore_adamw " \
-               "'full adamw (defaults)' optim=adamw"
+DCT_DEFAULTS = (
+    "'dct_adamw (defaults)' optim=dct_adamw 'galore_adamw (defaults)' optim=galore_adamw "
+    "'full adamw (defaults)' optim=adamw"
+)
 GPU = "--device cuda --bf16"
 
 
@@ -52,26 +55,48 @@ ENTRIES = [
     Entry("dct_vs_galore", "dct_vs_galore --size 130m --rank 256 --gap 4 --steps 13", 5),
     Entry("flag_cost", "flag_cost", 2),
     Entry("memory_scale", "memory_scale --real", 35),
-    Entry("quality_suite", f"quality {SHORT} -- full 'param=full optim=adamw' sltrain param=sltrain lowrank param=lowrank "
-                           "sst param=sst dct_adamw optim=dct_adamw galore_adamw optim=galore_adamw "
-                           "galore_torch optim=galore_torch", 12),
+    Entry(
+        "quality_suite",
+        f"quality {SHORT} -- full 'param=full optim=adamw' sltrain param=sltrain lowrank param=lowrank "
+        "sst param=sst dct_adamw optim=dct_adamw galore_adamw optim=galore_adamw "
+        "galore_torch optim=galore_torch",
+        12,
+    ),
     Entry("speed_compile", "speed --compile --params full sltrain --optims adamw", 4),
-    Entry("speed_dct_gap", "speed --params full --optims adamw dct_adamw --repeats 5 --steps-per-sample 10 --variant "
-                           "'full+dct_adamw T=10' optim.update_gap=10 --variant 'full+dct_adamw T=50' optim.update_gap=50", 8),
+    Entry(
+        "speed_dct_gap",
+        "speed --params full --optims adamw dct_adamw --repeats 5 --steps-per-sample 10 --variant "
+        "'full+dct_adamw T=10' optim.update_gap=10 --variant 'full+dct_adamw T=50' optim.update_gap=50",
+        8,
+    ),
     Entry("sltrain_memory", "memory --sizes 130m --params full sltrain lowrank --optims adamw --batch 2", 4),
     Entry("sltrain_speed", "speed --params full sltrain lowrank --optims adamw --batch 16 --repeats 10", 6),
     Entry("sst_memory", "memory --sizes 130m --params full sst --optims adamw --peak-size none", 5),
     Entry("sst_throughput", "speed --params full sst --optims adamw --batch 16 --repeats 6 --hook-steps 1200", 6),
     Entry("quality_sltrain", f"quality {LONG} -- full param=full sltrain param=sltrain lowrank param=lowrank", 60),
-    Entry("quality_sst", f"quality {LONG} -- full param=full sst 'param=sst param.rank=64 param.update_every=50 "
-                         "param.rewarm_steps=5' lowrank64 'param=lowrank param.rank=64 param.alpha=16'", 60),
-    Entry("quality_dct", f"quality {SHORT} -- dct_adamw_recipe 'optim=dct_adamw optim.lr=0.01 optim.scale=0.25' "
-                         "galore_adamw 'optim=galore_adamw optim.update_gap=20' "
-                         "galore_torch 'optim=galore_torch optim.update_proj_gap=20'", 6),
+    Entry(
+        "quality_sst",
+        f"quality {LONG} -- full param=full sst 'param=sst param.rank=64 param.update_every=50 "
+        "param.rewarm_steps=5' lowrank64 'param=lowrank param.rank=64 param.alpha=16'",
+        60,
+    ),
+    Entry(
+        "quality_dct",
+        f"quality {SHORT} -- dct_adamw_recipe 'optim=dct_adamw optim.lr=0.01 optim.scale=0.25' "
+        "galore_adamw 'optim=galore_adamw optim.update_gap=20' "
+        "galore_torch 'optim=galore_torch optim.update_proj_gap=20'",
+        6,
+    ),
     Entry("quality_lowmem_full", f"quality {LONG} -- full param=full full_low 'param=full {LOWMEM}'", 40),
-    Entry("quality_lowmem_sltrain", f"quality {LONG} -- sltrain param=sltrain sltrain_low 'param=sltrain {LOWMEM}'", 40),
-    Entry("dct_sweep_suite", f"quality {SHORT} --parallel 5 --grid optim=dct_adamw optim.lr=0.003 optim.scale=1.0 "
-                             f"optim.update_gap=10,50 -- {DCT_DEFAULTS}", 20),
+    Entry(
+        "quality_lowmem_sltrain", f"quality {LONG} -- sltrain param=sltrain sltrain_low 'param=sltrain {LOWMEM}'", 40
+    ),
+    Entry(
+        "dct_sweep_suite",
+        f"quality {SHORT} --parallel 5 --grid optim=dct_adamw optim.lr=0.003 optim.scale=1.0 "
+        f"optim.update_gap=10,50 -- {DCT_DEFAULTS}",
+        20,
+    ),
     Entry("flag_robustness", "flag_robustness --aggs mean flag flag_raw flag_m_spec", 35),
     Entry("flag_robustness_p8", "flag_robustness --nproc 8 --byzantine 2 --aggs mean flag flag_m_spec", 32),
     Entry("flag_robustness_baselines", "flag_robustness --aggs median trimmed_mean multi_krum", 25),
@@ -79,13 +104,27 @@ ENTRIES = [
     # The tree before per-rank hashing (the "before" row of docs/cluster.md), with the script that measured it.
     Entry("checkpoint_io_main", "checkpoint_io --size 350m --rev d83f4ee^ --script-rev d83f4ee", 3),
     Entry("prepare_speed", "prepare_speed", 10),
-    Entry("dct_sweep", f"quality {LONG} --parallel 26 --grid optim=dct_adamw optim.lr=0.001,0.003,0.01 "
-                       "optim.scale=0.25,1.0 optim.update_gap=1,10,50,200 --extra train.precision=fp32 train.device=cuda "
-                       f"-- {DCT_DEFAULTS}", 15, "cuda"),
-    Entry("gpu", f"speed {GPU} --sizes 350m 1b --seq-len 256 --repeats 10 --params full --optims adamw dct_adamw "
-                 "galore_torch --variant sltrain+adamw '' --variant sst+adamw ''", 5, "cuda"),
-    Entry("gpu_memory", f"memory {GPU} --sizes 350m 1b 7b --fit --params full sltrain sst --optims adamw dct_adamw",
-          10, "cuda"),
+    Entry(
+        "dct_sweep",
+        f"quality {LONG} --parallel 26 --grid optim=dct_adamw optim.lr=0.001,0.003,0.01 "
+        "optim.scale=0.25,1.0 optim.update_gap=1,10,50,200 --extra train.precision=fp32 train.device=cuda "
+        f"-- {DCT_DEFAULTS}",
+        15,
+        "cuda",
+    ),
+    Entry(
+        "gpu",
+        f"speed {GPU} --sizes 350m 1b --seq-len 256 --repeats 10 --params full --optims adamw dct_adamw "
+        "galore_torch --variant sltrain+adamw '' --variant sst+adamw ''",
+        5,
+        "cuda",
+    ),
+    Entry(
+        "gpu_memory",
+        f"memory {GPU} --sizes 350m 1b 7b --fit --params full sltrain sst --optims adamw dct_adamw",
+        10,
+        "cuda",
+    ),
 ]
 
 

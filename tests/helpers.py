@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.harness import free_port, run_distributed  # noqa: F401  (one copy: benchmarks must not import tests)
+from benchmarks.processes import free_port, run_distributed  # noqa: F401  (one copy: benchmarks must not import tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -2,6 +2,7 @@
 
 (Not test_cli.py: tests/trainer/test_cli.py has that module name, and the tests folders are not packages.)
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,12 +18,13 @@ from benchmarks import BENCHMARKS, run
 from benchmarks.suite import ENTRIES, produced
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_BENCHMARKS = {"__init__", "__main__", "harness", "report"}
+NOT_BENCHMARKS = {"__init__", "__main__", "harness", "processes", "report", "sections"}
 
 
 def bench(*args: str, timeout: int = 120) -> str:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -49,12 +51,15 @@ def test_unknown_benchmark_is_one_line_error():
 
 
 def cited_results() -> set[str]:
-    """Results files README.md and docs/*.md name: any name under benchmarks/results/, or a bare name of a file there."""
+    """Results files README.md and docs/*.md name: any name under benchmarks/results/, or a bare name of a file
+    there."""
     names = set()
     for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         text = doc.read_text()
         names |= set(re.findall(r"results/([\w.-]+\.(?:json|png))", text))
-        names |= {n for n in re.findall(r"\b(\w+\.(?:json|png))\b", text) if (ROOT / "benchmarks" / "results" / n).exists()}
+        names |= {
+            n for n in re.findall(r"\b(\w+\.(?:json|png))\b", text) if (ROOT / "benchmarks" / "results" / n).exists()
+        }
     return names
 
 
@@ -80,8 +85,13 @@ def test_dry_run_prints_every_entry_and_runs_nothing():
 def test_nothing_in_benchmarks_imports_tests():
     for path in (ROOT / "benchmarks").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n == "tests" or n.startswith("tests.") for n in names), path
 
 
@@ -93,8 +103,26 @@ def test_report_reads_only_what_the_suite_produces():
 
 
 def test_speed_at_debug_size_writes_its_json(tmp_path):
-    bench("speed", "--sizes", "debug", "--params", "full", "--optims", "adamw", "dct_adamw", "--repeats", "2",
-          "--batch", "2", "--seq-len", "16", "--results-dir", str(tmp_path), "--out", "tiny_speed")
+    bench(
+        "speed",
+        "--sizes",
+        "debug",
+        "--params",
+        "full",
+        "--optims",
+        "adamw",
+        "dct_adamw",
+        "--repeats",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--results-dir",
+        str(tmp_path),
+        "--out",
+        "tiny_speed",
+    )
     report = json.loads((tmp_path / "tiny_speed.json").read_text())
     assert [r["combo"] for r in report["rows"]] == ["full+adamw", "full+dct_adamw"]
     assert report["rows"][0]["speed_ratio"] == 1.0
@@ -103,8 +131,25 @@ def test_speed_at_debug_size_writes_its_json(tmp_path):
 
 
 def test_memory_at_debug_size_writes_its_json_and_plot(tmp_path):
-    bench("memory", "--sizes", "debug", "--peak-size", "debug", "--params", "full", "--optims", "adamw",
-          "--batch", "1", "--seq-len", "8", "--results-dir", str(tmp_path), "--out", "tiny_memory")
+    bench(
+        "memory",
+        "--sizes",
+        "debug",
+        "--peak-size",
+        "debug",
+        "--params",
+        "full",
+        "--optims",
+        "adamw",
+        "--batch",
+        "1",
+        "--seq-len",
+        "8",
+        "--results-dir",
+        str(tmp_path),
+        "--out",
+        "tiny_memory",
+    )
     (row,) = json.loads((tmp_path / "tiny_memory.json").read_text())["rows"]
     assert (row["size"], row["param"], row["optim"]) == ("debug", "full", "adamw")
     assert row["grads"] == row["trainable"] and row["optim_state"] >= 2 * row["trainable"]  # AdamW: two moments
