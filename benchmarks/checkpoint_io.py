@@ -21,9 +21,8 @@ import torch
 
 import train
 from benchmarks.harness import ROOT, command, compose, make_engine, parser, timed, write_json
+from launch.env import read_dist_env
 from trainer import data, dist
-from trainer.checkpoint import Checkpointer
-from trainer.loop import Trainer
 from trainer.metrics import MetricsLog
 from trainer.registry import AGG, OPTIM, PARAM, config_name
 from trainer.strategy import BuildContext
@@ -40,29 +39,7 @@ def build_trainer(cfg, run_dir: str, engine=None, corpus=None):
         optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
         engine = make_engine(model, optimizer, cfg, torch.device("cpu"), agg)
     log = MetricsLog(run_dir, cfg.log, True, cfg.train.steps, {}, "bench")
-    checkpointer = Checkpointer(
-        engine=engine,
-        cfg=cfg,
-        run_dir=run_dir,
-        vocab_size=corpus.vocab_size,
-        tokenizer_path=corpus.tokenizer_path,
-        strategies={"param": param, "agg": agg},
-        rank=0,
-        world_size=1,
-        info=log.info,
-    )
-    trainer = Trainer(
-        train=cfg.train,
-        seq_len=cfg.data.seq_len,
-        engine=engine,
-        param=param,
-        data=corpus,
-        checkpointer=checkpointer,
-        log=log,
-        rank=0,
-        world_size=1,
-    )
-    return trainer, corpus
+    return train.make_trainer(cfg, read_dist_env(), engine, param, agg, corpus, run_dir, log), corpus
 
 
 def at_revision(args, argv) -> dict:

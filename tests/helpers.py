@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from benchmarks.processes import free_port, run_distributed  # noqa: F401  (one copy: benchmarks must not import tests)
+from benchmarks.processes import free_port, run_distributed, train_command  # noqa: F401  (one copy: benchmarks must not import tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -38,21 +37,6 @@ def compose(overrides: list[str] | None = None):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides or [])
-
-
-def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, str(ROOT / "train.py"), *overrides]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--master_port={free_port()}",
-        "--max-restarts=0",
-        str(ROOT / "train.py"),
-        *overrides,
-    ]
 
 
 def train_env(cache_dir: str | os.PathLike | None = None) -> dict:
