@@ -81,3 +81,15 @@ def metrics(tmp_path, name: str = "run") -> list[dict]:
 def losses_by_step(records: list[dict]) -> dict[int, float]:
     """The last logged training loss of each step (a resumed run may re-log a step)."""
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def train_sentencepiece(lines, prefix: str, vocab_size: int = 400, model_type: str = "bpe", **options) -> str:
+    """A small sentencepiece model on `lines` with the project's special ids (unk 0, bos 1, eos 2, no pad);
+    returns its .model path."""
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, **options,
+    )  # fmt: skip
+    return prefix + ".model"

@@ -5,6 +5,7 @@ import json
 import pytest
 import sentencepiece as spm
 
+from tests.helpers import train_sentencepiece
 from trainer import corpus, hf_tokenizer
 from trainer.config import DataConfig
 
@@ -28,21 +29,7 @@ TRICKY = [
 def train(tmp_path, model_type: str, **options) -> str:
     docs = corpus.documents(DataConfig())
     lines = [line for _, doc in zip(range(300), docs) for line in doc.splitlines() if line.strip()]
-    prefix = str(tmp_path / model_type)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=prefix,
-        vocab_size=600,
-        model_type=model_type,
-        byte_fallback=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-        **options,
-    )
-    return prefix + ".model"
+    return train_sentencepiece(lines, str(tmp_path / model_type), 600, model_type, **options)
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])

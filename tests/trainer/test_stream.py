@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from tests.helpers import train_sentencepiece
 from trainer import corpus, data, stream
 from trainer.config import DataConfig
 
@@ -26,20 +27,7 @@ def documents(n: int, delay: float = 0.0, fail_at: int | None = None):
 @pytest.fixture(scope="module")
 def sp_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("sp")
-    (d / "train.txt").write_text("\n".join(documents(300)))
-    spm.SentencePieceTrainer.train(
-        input=str(d / "train.txt"),
-        model_prefix=str(d / "m"),
-        vocab_size=400,
-        model_type="bpe",
-        byte_fallback=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    return str(d / "m.model")
+    return train_sentencepiece("\n".join(documents(300)).split("\n"), str(d / "m"))
 
 
 def setup(tmp_path, monkeypatch, sp_path, **docs_kw) -> DataConfig:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from tests.helpers import train_sentencepiece
 from trainer import corpus, data, tokenizing
 from trainer.config import DataConfig
 
@@ -35,20 +36,7 @@ def text_corpus(tmp_path, copies: int = 40) -> str:
 @pytest.fixture(scope="module")
 def sp_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("sp")
-    (d / "train.txt").write_text("\n".join(PARAGRAPHS * 20))
-    spm.SentencePieceTrainer.train(
-        input=str(d / "train.txt"),
-        model_prefix=str(d / "m"),
-        vocab_size=400,
-        model_type="bpe",
-        byte_fallback=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    return str(d / "m.model")
+    return train_sentencepiece("\n".join(PARAGRAPHS * 20).split("\n"), str(d / "m"))
 
 
 @pytest.fixture(scope="module")
