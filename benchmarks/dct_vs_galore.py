@@ -37,18 +37,14 @@ def make_optimizers(shapes, grads, args) -> dict:
             p.grad = g  # shared, never modified by either optimizer
         return ps
 
-    opts = {
+    galore = {"params": params(), "rank": args.rank, "update_proj_gap": args.gap, "scale": 0.25, "proj_type": "std"}
+    return {
         "dct_adamw": LowRankAdamW(
             [{"params": params(), "projected": True}], lr=1e-3, rank=args.rank, update_gap=args.gap
         ),
-        "galore_torch": GaLoreAdamW(
-            [{"params": params(), "rank": args.rank, "update_proj_gap": args.gap, "scale": 0.25, "proj_type": "std"}],
-            lr=1e-3,
-            no_deprecation_warning=True,
-        ),
+        "galore_torch": GaLoreAdamW([galore], lr=1e-3, no_deprecation_warning=True),
+        "adamw (torch, full rank)": torch.optim.AdamW(params(), lr=1e-3, foreach=False),
     }
-    opts["adamw (torch, full rank)"] = torch.optim.AdamW(params(), lr=1e-3, foreach=False)
-    return opts
 
 
 def time_steps(opts: dict, args) -> dict[str, dict[str, list[float]]]:
@@ -99,13 +95,8 @@ def run(args, argv) -> dict:
     }
     return {
         "command": command("dct_vs_galore", argv),
-        "threads": args.threads,
-        "size": args.size,
-        "rank": args.rank,
-        "gap": args.gap,
-        "num_matrices": len(shapes),
-        "torch": torch.__version__,
-        "rows": rows,
+        **{k: vars(args)[k] for k in ("threads", "size", "rank", "gap")},
+        **{"num_matrices": len(shapes), "torch": torch.__version__, "rows": rows},
         "ratios_dct_over_galore_torch": ratios,
         "targets": {"refresh_time": 0.1, "steady_time": 1.0, "state_bytes": 0.7},
     }
@@ -119,11 +110,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
         p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
-    return write_json(
-        args,
-        run(args, argv),
-        lambda r: (
-            dct_section(r) + "(dct_adamw's shared basis cache: "
-            f"{r['rows']['dct_adamw']['basis_cache_bytes'] / 2**20:.1f} MiB)"
-        ),
-    )
+    return write_json(args, run(args, argv), show)
+
+
+def show(report: dict) -> str:
+    cache = report["rows"]["dct_adamw"]["basis_cache_bytes"] / 2**20
+    return dct_section(report) + f"(dct_adamw's shared basis cache: {cache:.1f} MiB)"

@@ -1,6 +1,6 @@
-"""The one harness every benchmark uses: build any param x optim combination the way train.py does (Hydra config
--> registries), time steps (interleaved medians), measure memory, write JSON and plots, start train.py as a user
-would (one process or torchrun) and run functions in gloo process groups. Strategies are looked up by name only.
+"""The one harness every benchmark uses: options, build any param x optim combination the way train.py does (Hydra
+config -> registries; strategies looked up by name only), time steps (interleaved medians), measure memory, write
+JSON and plots. Starting train.py and gloo process groups: benchmarks/processes.py.
 """
 
 from __future__ import annotations
@@ -25,14 +25,6 @@ sys.path.insert(0, str(ROOT))  # the strategies' packages, however the harness w
 import agg  # noqa: E402,F401  (registers strategies)
 import optim  # noqa: E402,F401
 import param  # noqa: E402,F401
-from benchmarks.processes import (  # noqa: E402,F401  (re-exported: the benchmarks' one import)
-    free_port,
-    read_metrics,
-    run_distributed,
-    run_train,
-    train_command,
-    train_env,
-)
 from models import Llama, shape_for  # noqa: E402
 from trainer.compile import maybe_compile  # noqa: E402
 from trainer.config import Config, resolve  # noqa: E402
@@ -52,17 +44,16 @@ def parser(doc: str, out: str | None, **options) -> argparse.ArgumentParser:
     p.add_argument("--out", default=out, required=out is None, help="results file <results-dir>/<out>.json")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     for name, (default, what) in ((k, v if isinstance(v, tuple) else (v, None)) for k, v in options.items()):
-        kind = (
-            {"action": "store_true"}
-            if default is False
-            else {"type": type(default)}
-            if isinstance(default, (int, float))
-            else {"nargs": "+", "type": type(next(iter(default), ""))}
-            if isinstance(default, list)
-            else {}
-        )
-        p.add_argument(f"--{name.replace('_', '-')}", default=default, help=what, **kind)
+        p.add_argument(f"--{name.replace('_', '-')}", default=default, help=what, **_kind(default))
     return p
+
+
+def _kind(default) -> dict:
+    if default is False:
+        return {"action": "store_true"}
+    if isinstance(default, list):
+        return {"nargs": "+", "type": type(next(iter(default), ""))}
+    return {"type": type(default)} if isinstance(default, (int, float)) else {}
 
 
 def split_overrides(argv: list[str] | None) -> tuple[list[str], list[str]]:
@@ -133,18 +124,12 @@ def add_combo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optims", nargs="+", default=OPTIMS)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as train.py on a GPU")
-    p.add_argument(
-        "--variant",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("LABEL", "OVERRIDES"),
-        help="an extra combination: its label ('param+optim' then any words) and its overrides",
-    )
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("LABEL", "OVERRIDES"))  # see combos
 
 
 def combos(args, overrides: list[str]) -> list[Combo]:
-    """--params x --optims, then each --variant; the overrides after `--` go to all of them."""
+    """--params x --optims, then each --variant: an extra combination, its label ('param+optim' then any words)
+    and its overrides; the overrides after `--` go to all of them."""
     out = [Combo(f"{p}+{o}", p, o, list(overrides)) for p, o in itertools.product(args.params, args.optims)]
     for label, extra in args.variant:
         p, o = label.split()[0].split("+")  # "full+dct_adamw T=10": full, dct_adamw
@@ -162,13 +147,7 @@ class Built:
 
 
 def build(
-    size: str,
-    param_name: str,
-    optim_name: str | None,
-    extra: list[str] = (),
-    vocab: int = VOCAB,
-    seq_len: int = 256,
-    device: str = "cpu",
+    size: str, param_name: str, optim_name: str | None, extra=(), vocab=VOCAB, seq_len=256, device="cpu"
 ) -> Built:
     """The model converted by `param_name`, and (unless None) the `optim_name` optimizer over it."""
     cfg = compose([f"model.size={size}", f"param={param_name}", f"optim={optim_name or 'adamw'}", *extra])

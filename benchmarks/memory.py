@@ -16,21 +16,7 @@ import json
 import subprocess
 import sys
 
-from benchmarks.harness import (
-    ROOT,
-    VOCAB,
-    add_combo_args,
-    build,
-    combos,
-    command,
-    parser,
-    pyplot,
-    split_overrides,
-    stacked_bars,
-    state_bytes,
-    train_step,
-    write_json,
-)
+from benchmarks import harness
 from benchmarks.sections import memory_section
 
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
@@ -61,27 +47,21 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
 
     torch.set_num_threads(1)
     baseline = rss_bytes()  # the interpreter and libraries, before any model tensor exists
-    b = build(size, combo["param"], combo["optim"], combo["extra"], seq_len=seq_len, device=device)
+    b = harness.build(size, combo["param"], combo["optim"], combo["extra"], seq_len=seq_len, device=device)
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, VOCAB, (batch, seq_len + 1), generator=gen).to(device)
-    train_step(b, tokens, autocast=bf16)  # the first step allocates gradients and optimizer state
+    tokens = torch.randint(0, harness.VOCAB, (batch, seq_len + 1), generator=gen).to(device)
+    harness.train_step(b, tokens, autocast=bf16)  # the first step allocates gradients and optimizer state
     prefixes = tuple(f"{name}." for name, _, _, _ in projection_modules(b.model))  # the seven block projections
-    out = {
-        "size": size,
-        "label": combo["label"],
-        "param": combo["param"],
-        "optim": combo["optim"],
-        **state_bytes(b),
-        "projections": state_bytes(b, lambda n: n.startswith(prefixes)),
-    }  # what a weight-side method replaces
+    out = {"size": size, **{k: combo[k] for k in ("label", "param", "optim")}, **harness.state_bytes(b)}
+    out["projections"] = harness.state_bytes(b, lambda n: n.startswith(prefixes))  # what a weight-side method replaces
     if peak and device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        train_step(b, tokens, autocast=bf16)
+        harness.train_step(b, tokens, autocast=bf16)
         out["peak_step_allocated"] = torch.cuda.max_memory_allocated()
     elif peak:
         trim_and_reset_peak()
         before = rss_bytes()
-        train_step(b, tokens, autocast=bf16)
+        harness.train_step(b, tokens, autocast=bf16)
         out |= {"rss_before_step": before - baseline, "peak_step_rss": rss_bytes("VmHWM") - baseline}
     return out
 
@@ -89,12 +69,8 @@ def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: 
 def run_child(args, size: str, combo, peak: bool, refused: str | None) -> dict:
     """child() in a fresh process; a refused or failed combination's row holds its one-line error instead."""
     spec = [size, combo._asdict(), args.batch, args.seq_len, peak, args.device, args.bf16]
-    proc = refused or subprocess.run(
-        [sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    child_cmd = [sys.executable, "-m", "benchmarks", "memory", "--child", json.dumps(spec)]
+    proc = refused or subprocess.run(child_cmd, capture_output=True, text=True, cwd=harness.ROOT)
     if refused or proc.returncode != 0:
         error = refused or (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return {"size": size, "label": combo.label, "param": combo.param, "optim": combo.optim, "error": error}
@@ -118,13 +94,13 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], path) -> None:
-    plt = pyplot()
+    plt = harness.pyplot()
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4.5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         ok = [r for r in rows if r["size"] == size and "error" not in r]
         parts = {key: [r[key] / 2**20 for r in ok] for key in ("weights", "grads", "optim_state")}
-        stacked_bars(ax, [r["label"].replace("+", "\n") for r in ok], parts)
+        harness.stacked_bars(ax, [r["label"].replace("+", "\n") for r in ok], parts)
         ax.tick_params(axis="x", rotation=60, labelsize=7)
         ax.set(title=f"{size} (fp32, vocab 32000)", ylabel="MB")
     fig.tight_layout()
@@ -133,9 +109,9 @@ def plot(rows: list[dict], path) -> None:
 
 def measure(args, overrides: list[str]) -> tuple[list[dict], dict]:
     rows, fits = [], {}
-    for combo in combos(args, overrides):
+    for combo in harness.combos(args, overrides):
         try:  # a combination the strategies refuse: its one-line error, found cheaply on the debug model
-            build("debug", combo.param, combo.optim, combo.extra, vocab=256, seq_len=16)
+            harness.build("debug", combo.param, combo.optim, combo.extra, vocab=256, seq_len=16)
             refused = None
         except ValueError as e:
             refused = f"ValueError: {e}"
@@ -149,28 +125,16 @@ def measure(args, overrides: list[str]) -> tuple[list[dict], dict]:
 
 
 def main(argv=None) -> dict:
-    options, overrides = split_overrides(argv)
+    options, overrides = harness.split_overrides(argv)
     if options[:1] == ["--child"]:
         return print(json.dumps(child(*json.loads(options[1]))))
-    p = parser(
-        __doc__,
-        "memory",
-        sizes=["60m", "130m", "350m"],
-        batch=4,
-        seq_len=256,
-        peak_size=("130m", "the size whose peak step memory is measured ('none': none)"),
-        fit=(False, "the largest of --sizes (in order) each combination fits"),
-    )
-    add_combo_args(p)
+    p = harness.parser(__doc__, "memory", sizes=["60m", "130m", "350m"], batch=4, seq_len=256)
+    p.add_argument("--peak-size", default="130m", help="the size whose peak step memory is measured ('none': none)")
+    p.add_argument("--fit", action="store_true", help="the largest of --sizes (in order) each combination fits")
+    harness.add_combo_args(p)
     args = p.parse_args(options)
     rows, fits = measure(args, overrides)
     rows = sorted(with_ratios(rows), key=lambda r: args.sizes.index(r["size"]))
-    report = {
-        "command": command("memory", argv),
-        "batch": args.batch,
-        "seq_len": args.seq_len,
-        "device": args.device,
-        "rows": rows,
-        **({"largest_fit": fits} if args.fit else {}),
-    }
-    return write_json(args, report, memory_section, lambda path: plot(rows, path))
+    report = {"command": harness.command("memory", argv)} | {k: vars(args)[k] for k in ("batch", "seq_len", "device")}
+    report |= {"rows": rows, **({"largest_fit": fits} if args.fit else {})}
+    return harness.write_json(args, report, memory_section, lambda path: plot(rows, path))

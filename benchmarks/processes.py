@@ -24,16 +24,8 @@ def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
     """train.py with these Hydra overrides: directly for one process, under torchrun for more."""
     if nproc == 1:
         return [sys.executable, str(ROOT / "train.py"), *overrides]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--master_port={free_port()}",
-        "--max-restarts=0",
-        str(ROOT / "train.py"),
-        *overrides,
-    ]
+    torchrun = f"-m torch.distributed.run --nproc_per_node={nproc} --master_port={free_port()} --max-restarts=0"
+    return [sys.executable, *torchrun.split(), str(ROOT / "train.py"), *overrides]
 
 
 def train_env(threads: int = 1) -> dict:

@@ -17,20 +17,7 @@ import statistics
 
 import torch
 
-from benchmarks.harness import (
-    add_combo_args,
-    build,
-    combos,
-    command,
-    engine_ops,
-    parser,
-    split_overrides,
-    sync,
-    timed,
-    timed_round_robin,
-    train_step,
-    write_json,
-)
+from benchmarks import harness
 from benchmarks.sections import speed_section
 
 
@@ -39,24 +26,25 @@ def hook_cost(b, steps: int) -> float:
     if b.ops is None or steps < 2:
         return 0.0
     device = next(b.model.parameters()).device
-    times = [timed(lambda s: (b.strategy.on_step_end(s, b.ops), sync(device)), step)[1] for step in range(1, steps + 1)]
+    times = [
+        harness.timed(lambda s: (b.strategy.on_step_end(s, b.ops), harness.sync(device)), step)[1]
+        for step in range(1, steps + 1)
+    ]
     return statistics.mean(times) - statistics.median(times)
 
 
 def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
     built, skipped = {}, {}
-    for c in combos(args, overrides):
+    for c in harness.combos(args, overrides):
         try:
-            built[c.label] = build(
-                size, c.param, c.optim, c.extra, vocab=args.vocab, seq_len=args.seq_len, device=args.device
-            )
-            engine_ops(built[c.label], args.device)
+            built[c.label] = b = harness.build(size, *c[1:], vocab=args.vocab, seq_len=args.seq_len, device=args.device)
+            harness.engine_ops(b, args.device)
         except (ValueError, ImportError, torch.OutOfMemoryError) as e:
             skipped[c.label] = str(e).splitlines()[0]
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen).to(args.device)
     # The untimed first step allocates state, does the first refresh and compiles.
-    first_s = {k: timed(train_step, b, tokens, 1, args.bf16)[1] for k, b in built.items()}
+    first_s = {k: harness.timed(harness.train_step, b, tokens, 1, args.bf16)[1] for k, b in built.items()}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     steps = {k: 1 for k in built}
@@ -64,24 +52,16 @@ def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
     def sample(k, n=args.steps_per_sample):
         for _ in range(n):
             steps[k] += 1
-            train_step(built[k], tokens, steps[k], autocast=args.bf16)
+            harness.train_step(built[k], tokens, steps[k], autocast=args.bf16)
 
-    medians = timed_round_robin({k: (lambda k=k: sample(k)) for k in built}, args.repeats)
+    medians = harness.timed_round_robin({k: (lambda k=k: sample(k)) for k in built}, args.repeats)
     rows = []
     for k, t in medians.items():
         hook_s = hook_cost(built[k], args.hook_steps)
-        rows.append(
-            {
-                "combo": k,
-                "size": size,
-                "param": k.split("+")[0],
-                "optim": k.split("+")[1].split()[0],
-                "step_s": t / args.steps_per_sample + hook_s,
-                "periodic_hook_s": hook_s,
-                "first_step_s": first_s[k],
-                "params": sum(x.numel() for x in built[k].model.parameters()),
-            }
-        )
+        param, optim = k.split()[0].split("+")
+        row = {"combo": k, "size": size, "param": param, "optim": optim, "step_s": t / args.steps_per_sample + hook_s}
+        params = sum(x.numel() for x in built[k].model.parameters())
+        rows.append(row | {"periodic_hook_s": hook_s, "first_step_s": first_s[k], "params": params})
     return rows, skipped
 
 
@@ -105,34 +85,20 @@ def finish_rows(rows: list[dict], args) -> None:
 
 
 def main(argv=None) -> dict:
-    options, overrides = split_overrides(argv)
-    p = parser(
-        __doc__,
-        "speed",
-        vocab=(4096, "the trained tokenizer's size (as in the quality runs)"),
-        batch=8,
-        seq_len=128,
-        repeats=12,
-        threads=1,
-        compile=(False, "also each combination with compiled blocks"),
-        steps_per_sample=(1, "training steps per timed sample"),
-        hook_steps=(0, "amortise the strategy hook's periodic work over 1..N"),
-    )
+    options, overrides = harness.split_overrides(argv)
+    p = harness.parser(__doc__, "speed", vocab=4096, batch=8, seq_len=128, repeats=12, threads=1, steps_per_sample=1)
+    p.add_argument("--compile", action="store_true", help="also each combination with compiled blocks")
+    p.add_argument("--hook-steps", type=int, default=0, help="amortise the strategy hook's periodic work over 1..N")
     p.add_argument("--sizes", "--size", nargs="+", default=["20m"])
-    add_combo_args(p)
+    harness.add_combo_args(p)
     args = p.parse_args(options)
     if args.compile:  # a twin of each combination: "<label> compiled", train.compile=true
-        args.variant += [(f"{c.label} compiled", " ".join([*c.extra, "train.compile=true"])) for c in combos(args, [])]
+        args.variant += [
+            (f"{c.label} compiled", " ".join([*c.extra, "train.compile=true"])) for c in harness.combos(args, [])
+        ]
     torch.set_num_threads(args.threads)
-    report = {
-        "command": command("speed", argv),
-        "size": " ".join(args.sizes),
-        "batch": args.batch,
-        "seq_len": args.seq_len,
-        "threads": args.threads,
-        "device": args.device,
-        "torch": torch.__version__,
-    }
+    report = {"command": harness.command("speed", argv), "size": " ".join(args.sizes)}
+    report |= {k: vars(args)[k] for k in ("batch", "seq_len", "threads", "device")} | {"torch": torch.__version__}
     rows, skipped = [], {}
     for size in args.sizes:
         size_rows, size_skipped = time_size(args, overrides, size)
@@ -142,4 +108,4 @@ def main(argv=None) -> dict:
     report |= {"rows": rows, "not_supported": skipped}
     if args.device == "cuda":
         report |= {"gpu": torch.cuda.get_device_name(), "peak_allocated": torch.cuda.max_memory_allocated()}
-    return write_json(args, report, speed_section)
+    return harness.write_json(args, report, speed_section)

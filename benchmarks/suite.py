@@ -33,9 +33,9 @@ GPU = "--device cuda --bf16"
 @dataclass
 class Entry:
     name: str  # the results file's stem
-    command_line: str  # `python -m benchmarks <this>`, shell-quoted
     minutes: float  # about, on the machine that measured it
-    device: str = "cpu"
+    device: str
+    command_line: str  # `python -m benchmarks <this>`, shell-quoted
 
     @property
     def benchmark(self) -> str:
@@ -49,82 +49,54 @@ class Entry:
         return [f"{self.name}.json"] + [f"{self.name}.png"] * (self.benchmark in PLOTS)
 
 
+# name, about minutes, device, then the command after `python -m benchmarks` (an indented line continues it).
+# checkpoint_io_main: the tree before per-rank hashing (the "before" row of docs/cluster.md), with the script that
+# measured it.
+TABLE = f"""
+memory                     6  cpu  memory --sizes 60m 130m --peak-size 130m
+speed                      3  cpu  speed --size 20m
+dct_vs_galore              5  cpu  dct_vs_galore --size 130m --rank 256 --gap 4 --steps 13
+flag_cost                  2  cpu  flag_cost
+memory_scale              35  cpu  memory_scale --real
+quality_suite             12  cpu  quality {SHORT} -- full 'param=full optim=adamw' sltrain param=sltrain
+    lowrank param=lowrank sst param=sst dct_adamw optim=dct_adamw galore_adamw optim=galore_adamw
+    galore_torch optim=galore_torch
+speed_compile              4  cpu  speed --compile --params full sltrain --optims adamw
+speed_dct_gap              8  cpu  speed --params full --optims adamw dct_adamw --repeats 5 --steps-per-sample 10
+    --variant 'full+dct_adamw T=10' optim.update_gap=10 --variant 'full+dct_adamw T=50' optim.update_gap=50
+sltrain_memory             4  cpu  memory --sizes 130m --params full sltrain lowrank --optims adamw --batch 2
+sltrain_speed              6  cpu  speed --params full sltrain lowrank --optims adamw --batch 16 --repeats 10
+sst_memory                 5  cpu  memory --sizes 130m --params full sst --optims adamw --peak-size none
+sst_throughput             6  cpu  speed --params full sst --optims adamw --batch 16 --repeats 6 --hook-steps 1200
+quality_sltrain           60  cpu  quality {LONG} -- full param=full sltrain param=sltrain lowrank param=lowrank
+quality_sst               60  cpu  quality {LONG} -- full param=full
+    sst 'param=sst param.rank=64 param.update_every=50 param.rewarm_steps=5'
+    lowrank64 'param=lowrank param.rank=64 param.alpha=16'
+quality_dct                6  cpu  quality {SHORT} -- dct_adamw_recipe 'optim=dct_adamw optim.lr=0.01 optim.scale=0.25'
+    galore_adamw 'optim=galore_adamw optim.update_gap=20' galore_torch 'optim=galore_torch optim.update_proj_gap=20'
+quality_lowmem_full       40  cpu  quality {LONG} -- full param=full full_low 'param=full {LOWMEM}'
+quality_lowmem_sltrain    40  cpu  quality {LONG} -- sltrain param=sltrain sltrain_low 'param=sltrain {LOWMEM}'
+dct_sweep_suite           20  cpu  quality {SHORT} --parallel 5 --grid optim=dct_adamw optim.lr=0.003
+    optim.scale=1.0 optim.update_gap=10,50 -- {DCT_DEFAULTS}
+flag_robustness           35  cpu  flag_robustness --aggs mean flag flag_raw flag_m_spec
+flag_robustness_p8        32  cpu  flag_robustness --nproc 8 --byzantine 2 --aggs mean flag flag_m_spec
+flag_robustness_baselines 25  cpu  flag_robustness --aggs median trimmed_mean multi_krum
+checkpoint_io              3  cpu  checkpoint_io --size 350m
+checkpoint_io_main         3  cpu  checkpoint_io --size 350m --rev d83f4ee^ --script-rev d83f4ee
+prepare_speed             10  cpu  prepare_speed
+dct_sweep                 15  cuda quality {LONG} --parallel 26 --grid optim=dct_adamw optim.lr=0.001,0.003,0.01
+    optim.scale=0.25,1.0 optim.update_gap=1,10,50,200 --extra train.precision=fp32 train.device=cuda
+    -- {DCT_DEFAULTS}
+gpu                        5  cuda speed {GPU} --sizes 350m 1b --seq-len 256 --repeats 10 --params full
+    --optims adamw dct_adamw galore_torch --variant sltrain+adamw '' --variant sst+adamw ''
+gpu_memory                10  cuda memory {GPU} --sizes 350m 1b 7b --fit --params full sltrain sst
+    --optims adamw dct_adamw
+"""
 ENTRIES = [
-    Entry("memory", "memory --sizes 60m 130m --peak-size 130m", 6),
-    Entry("speed", "speed --size 20m", 3),
-    Entry("dct_vs_galore", "dct_vs_galore --size 130m --rank 256 --gap 4 --steps 13", 5),
-    Entry("flag_cost", "flag_cost", 2),
-    Entry("memory_scale", "memory_scale --real", 35),
-    Entry(
-        "quality_suite",
-        f"quality {SHORT} -- full 'param=full optim=adamw' sltrain param=sltrain lowrank param=lowrank "
-        "sst param=sst dct_adamw optim=dct_adamw galore_adamw optim=galore_adamw "
-        "galore_torch optim=galore_torch",
-        12,
-    ),
-    Entry("speed_compile", "speed --compile --params full sltrain --optims adamw", 4),
-    Entry(
-        "speed_dct_gap",
-        "speed --params full --optims adamw dct_adamw --repeats 5 --steps-per-sample 10 --variant "
-        "'full+dct_adamw T=10' optim.update_gap=10 --variant 'full+dct_adamw T=50' optim.update_gap=50",
-        8,
-    ),
-    Entry("sltrain_memory", "memory --sizes 130m --params full sltrain lowrank --optims adamw --batch 2", 4),
-    Entry("sltrain_speed", "speed --params full sltrain lowrank --optims adamw --batch 16 --repeats 10", 6),
-    Entry("sst_memory", "memory --sizes 130m --params full sst --optims adamw --peak-size none", 5),
-    Entry("sst_throughput", "speed --params full sst --optims adamw --batch 16 --repeats 6 --hook-steps 1200", 6),
-    Entry("quality_sltrain", f"quality {LONG} -- full param=full sltrain param=sltrain lowrank param=lowrank", 60),
-    Entry(
-        "quality_sst",
-        f"quality {LONG} -- full param=full sst 'param=sst param.rank=64 param.update_every=50 "
-        "param.rewarm_steps=5' lowrank64 'param=lowrank param.rank=64 param.alpha=16'",
-        60,
-    ),
-    Entry(
-        "quality_dct",
-        f"quality {SHORT} -- dct_adamw_recipe 'optim=dct_adamw optim.lr=0.01 optim.scale=0.25' "
-        "galore_adamw 'optim=galore_adamw optim.update_gap=20' "
-        "galore_torch 'optim=galore_torch optim.update_proj_gap=20'",
-        6,
-    ),
-    Entry("quality_lowmem_full", f"quality {LONG} -- full param=full full_low 'param=full {LOWMEM}'", 40),
-    Entry(
-        "quality_lowmem_sltrain", f"quality {LONG} -- sltrain param=sltrain sltrain_low 'param=sltrain {LOWMEM}'", 40
-    ),
-    Entry(
-        "dct_sweep_suite",
-        f"quality {SHORT} --parallel 5 --grid optim=dct_adamw optim.lr=0.003 optim.scale=1.0 "
-        f"optim.update_gap=10,50 -- {DCT_DEFAULTS}",
-        20,
-    ),
-    Entry("flag_robustness", "flag_robustness --aggs mean flag flag_raw flag_m_spec", 35),
-    Entry("flag_robustness_p8", "flag_robustness --nproc 8 --byzantine 2 --aggs mean flag flag_m_spec", 32),
-    Entry("flag_robustness_baselines", "flag_robustness --aggs median trimmed_mean multi_krum", 25),
-    Entry("checkpoint_io", "checkpoint_io --size 350m", 3),
-    # The tree before per-rank hashing (the "before" row of docs/cluster.md), with the script that measured it.
-    Entry("checkpoint_io_main", "checkpoint_io --size 350m --rev d83f4ee^ --script-rev d83f4ee", 3),
-    Entry("prepare_speed", "prepare_speed", 10),
-    Entry(
-        "dct_sweep",
-        f"quality {LONG} --parallel 26 --grid optim=dct_adamw optim.lr=0.001,0.003,0.01 "
-        "optim.scale=0.25,1.0 optim.update_gap=1,10,50,200 --extra train.precision=fp32 train.device=cuda "
-        f"-- {DCT_DEFAULTS}",
-        15,
-        "cuda",
-    ),
-    Entry(
-        "gpu",
-        f"speed {GPU} --sizes 350m 1b --seq-len 256 --repeats 10 --params full --optims adamw dct_adamw "
-        "galore_torch --variant sltrain+adamw '' --variant sst+adamw ''",
-        5,
-        "cuda",
-    ),
-    Entry(
-        "gpu_memory",
-        f"memory {GPU} --sizes 350m 1b 7b --fit --params full sltrain sst --optims adamw dct_adamw",
-        10,
-        "cuda",
-    ),
+    Entry(name, float(minutes), device, command)
+    for name, minutes, device, command in (
+        line.split(maxsplit=3) for line in TABLE.replace("\n    ", " ").strip().splitlines()
+    )
 ]
 
 
