@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import parser, relative, run_distributed, write_json
+from benchmarks.harness import parser, relative, write_json
+from benchmarks.processes import run_distributed
 
 VARIANTS = {  # label -> (registry name, config overrides)
     "mean": ("mean", {}),

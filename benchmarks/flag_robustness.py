@@ -17,7 +17,8 @@ import math
 import tempfile
 from pathlib import Path
 
-from benchmarks.harness import parser, read_metrics, relative, run_train, write_json
+from benchmarks.harness import parser, relative, write_json
+from benchmarks.processes import read_metrics, run_train
 
 ATTACKS = ["sign_flip", "gaussian", "uniform_random", "alie", "fall_of_empires", "zero", "nan"]
 AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 1) / 2)

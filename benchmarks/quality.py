@@ -19,17 +19,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.harness import (
-    ROOT,
-    command,
-    parser,
-    pyplot,
-    read_metrics,
-    relative,
-    run_train,
-    split_overrides,
-    write_json,
-)
+from benchmarks.harness import ROOT, command, parser, pyplot, relative, split_overrides, write_json
+from benchmarks.processes import read_metrics, run_train
 from benchmarks.sections import quality_table
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
