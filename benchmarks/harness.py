@@ -27,7 +27,7 @@ import optim  # noqa: E402,F401
 import param  # noqa: E402,F401
 from models import Llama, shape_for  # noqa: E402
 from trainer.compile import maybe_compile  # noqa: E402
-from trainer.config import Config, resolve  # noqa: E402
+from trainer.config import Config  # noqa: E402
 from trainer.metrics import tensor_bytes  # noqa: E402
 from trainer.registry import OPTIM, PARAM, config_name  # noqa: E402
 from trainer.strategy import BuildContext, ParamStrategy  # noqa: E402
@@ -105,14 +105,9 @@ def stacked_bars(ax, labels: list[str], parts: dict[str, list[float]], horizonta
 
 
 def compose(overrides: list[str]) -> Config:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
+    from trainer.cli import compose_config  # not at the top: memory.py's baseline is before Hydra
 
-    ConfigStore.instance().store(name="schema", node=Config)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return resolve(OmegaConf.to_object(hydra_compose(config_name="config", overrides=overrides)))
+    return compose_config(overrides)
 
 
 Combo = namedtuple("Combo", "label param optim extra")  # one combination: label, registry names, its overrides

@@ -16,6 +16,7 @@ import re
 import sys
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -23,6 +24,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from trainer.schema import GROUPS, closest, init_fields, unknown_keys_message
 
 PREEMPTED = 75  # the trainer's "stopped cleanly, resume me" exit code
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def print_error(message: str) -> None:
@@ -96,6 +98,28 @@ def hydra_error_line(exc: BaseException) -> str:
             if line:
                 return line
     return _plain(exc)
+
+
+def compose_config(overrides: list[str]):
+    """The typed config of these overrides, composed over conf/ as train.py does (without importing train.py,
+    which pulls in DeepSpeed), with the strategies registered by the caller. A Hydra error becomes a one-line
+    ValueError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from trainer.config import Config, resolve
+    from trainer.schema import check_keys
+
+    ConfigStore.instance().store(name="schema", node=Config)  # as train.py
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            raw = compose(config_name="config", overrides=overrides)
+        check_keys(raw)
+        typed = OmegaConf.to_object(raw)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ValueError(hydra_error_line(e)) from None
+    return resolve(typed)
 
 
 def error_line(exc: BaseException) -> str:

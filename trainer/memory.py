@@ -25,16 +25,15 @@ import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _MemRefType
 
 from trainer import precision as prec
-from trainer.config import Config, check_world, resolve
+from trainer.cli import compose_config as load_config
+from trainer.config import Config, check_world
 from trainer.memtrack import PeakTracker, build, track_steps
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LLAMA_VOCAB = 32000  # the LLaMA tokenizer, which the papers' memory figures use
 UNITS = {
     "": 1,
@@ -73,30 +72,6 @@ def format_bytes(n: int) -> str:
         if abs(n) >= UNITS[unit.lower()]:
             return f"{n / UNITS[unit.lower()]:.2f} {unit}"
     return f"{n} B"
-
-
-def load_config(overrides: list[str]) -> Config:
-    """The typed config of these overrides, composed over conf/ exactly as train.py does (without importing
-    train.py, which pulls in DeepSpeed), with the strategies registered by the caller (tools/memory.py). A Hydra
-    error becomes a one-line ValueError."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from trainer.cli import hydra_error_line
-    from trainer.schema import check_keys
-
-    ConfigStore.instance().store(name="schema", node=Config)  # as train.py
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            raw = compose(config_name="config", overrides=overrides)
-        check_keys(raw)
-        typed = OmegaConf.to_object(raw)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ValueError(hydra_error_line(e)) from None
-    return resolve(typed)
 
 
 def target_precision(cfg: Config) -> tuple[str, str]:
