@@ -37,11 +37,10 @@ def make_optimizers(shapes, grads, args) -> dict:
             p.grad = g  # shared, never modified by either optimizer
         return ps
 
+    dct = {"params": params(), "projected": True}
     galore = {"params": params(), "rank": args.rank, "update_proj_gap": args.gap, "scale": 0.25, "proj_type": "std"}
     return {
-        "dct_adamw": LowRankAdamW(
-            [{"params": params(), "projected": True}], lr=1e-3, rank=args.rank, update_gap=args.gap
-        ),
+        "dct_adamw": LowRankAdamW([dct], lr=1e-3, rank=args.rank, update_gap=args.gap),
         "galore_torch": GaLoreAdamW([galore], lr=1e-3, no_deprecation_warning=True),
         "adamw (torch, full rank)": torch.optim.AdamW(params(), lr=1e-3, foreach=False),
     }

@@ -79,9 +79,8 @@ def finish_rows(rows: list[dict], args) -> None:
         if eager:  # a --compile twin: its own eager run is the reference
             r["compiled_over_eager"] = eager["step_s"] / r["step_s"]
         if peak:
-            r["mfu"] = (
-                tp.flops_per_token(shape_for(r["size"]), args.vocab, args.seq_len) * r["tokens_per_s"] / (peak * 1e12)
-            )
+            flops = tp.flops_per_token(shape_for(r["size"]), args.vocab, args.seq_len)
+            r["mfu"] = flops * r["tokens_per_s"] / (peak * 1e12)
 
 
 def main(argv=None) -> dict:
@@ -99,11 +98,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     report = {"command": harness.command("speed", argv), "size": " ".join(args.sizes)}
     report |= {k: vars(args)[k] for k in ("batch", "seq_len", "threads", "device")} | {"torch": torch.__version__}
-    rows, skipped = [], {}
-    for size in args.sizes:
-        size_rows, size_skipped = time_size(args, overrides, size)
-        rows += size_rows
-        skipped |= size_skipped
+    per_size = [time_size(args, overrides, size) for size in args.sizes]
+    rows, skipped = [r for rs, _ in per_size for r in rs], {k: v for _, s in per_size for k, v in s.items()}
     finish_rows(rows, args)
     report |= {"rows": rows, "not_supported": skipped}
     if args.device == "cuda":
