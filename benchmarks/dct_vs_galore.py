@@ -14,7 +14,7 @@ import statistics
 import torch
 
 from benchmarks.harness import command, parser, state_tensors, tensor_bytes, timed, write_json
-from benchmarks.sections import dct_section
+from benchmarks.report import dct_section
 from models import LLAMA_SIZES
 from optim import projectors
 from optim.lowrank_adam import LowRankAdamW

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from benchmarks import harness
-from benchmarks.sections import memory_section
+from benchmarks.report import memory_section
 
 PEAK_KEYS = ("peak_step_rss", "peak_step_allocated")  # CPU, GPU
 

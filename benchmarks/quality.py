@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.harness import ROOT, command, parser, pyplot, relative, split_overrides, write_json
 from benchmarks.processes import read_metrics, run_train
-from benchmarks.sections import quality_table
+from benchmarks.report import quality_table
 
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 

@@ -18,7 +18,7 @@ import statistics
 import torch
 
 from benchmarks import harness
-from benchmarks.sections import speed_section
+from benchmarks.report import speed_section
 
 
 def hook_cost(b, steps: int) -> float:

@@ -18,7 +18,7 @@ from benchmarks import BENCHMARKS, run
 from benchmarks.suite import ENTRIES, produced
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_BENCHMARKS = {"__init__", "__main__", "harness", "processes", "report", "sections"}
+NOT_BENCHMARKS = {"__init__", "__main__", "harness", "processes", "report"}
 
 
 def bench(*args: str, timeout: int = 120) -> str:
