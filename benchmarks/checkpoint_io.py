@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,26 +19,14 @@ from pathlib import Path
 import torch
 
 import train
-from benchmarks.harness import ROOT, command, compose, make_engine, parser, timed, write_json
+from benchmarks.harness import ROOT, VOCAB, command, compose, make_engine, parser, timed, write_json
 from launch.env import read_dist_env
 from trainer import data, dist
 from trainer.metrics import MetricsLog
-from trainer.registry import AGG, OPTIM, PARAM, config_name
-from trainer.strategy import BuildContext
 
-
-def build_trainer(cfg, run_dir: str, engine=None, corpus=None):
-    corpus = corpus or data.prepare(cfg.data, True, dist.barrier)
-    ctx = BuildContext(model_size=cfg.model.size)
-    param = PARAM.build(config_name(cfg.param), cfg.param, ctx)
-    agg = AGG.build(config_name(cfg.agg), cfg.agg, ctx)
-    if engine is None:
-        model = train.build_model(cfg, corpus.vocab_size)
-        param.convert(model)
-        optimizer = OPTIM.build(config_name(cfg.optim), cfg.optim, model, ctx)
-        engine = make_engine(model, optimizer, cfg, torch.device("cpu"), agg)
-    log = MetricsLog(run_dir, cfg.log, True, cfg.train.steps, {}, "bench")
-    return train.make_trainer(cfg, read_dist_env(), engine, param, agg, corpus, run_dir, log), corpus
+THREADS = 2
+MODES = ["sizes", "full", "off"]  # train.verify_checkpoint
+REPEATS = 2  # resumes per mode, the fastest reported
 
 
 def at_revision(args, argv) -> dict:
@@ -52,8 +39,7 @@ def at_revision(args, argv) -> dict:
         subprocess.run(["tar", "-x", "-C", tree], input=git("archive", args.rev), check=True)
         script = Path(tree, "benchmarks", "checkpoint_io.py")
         script.write_bytes(git("show", f"{args.script_rev or args.rev}:benchmarks/checkpoint_io.py"))
-        skip = {"--rev", args.rev, "--script-rev", args.script_rev, "--out", args.out}
-        subprocess.run([sys.executable, str(script), *(a for a in argv if a not in skip)], cwd=tree, check=True)
+        subprocess.run([sys.executable, str(script), "--size", args.size], cwd=tree, check=True)  # its defaults: ours
         report = json.loads(Path(tree, "benchmarks", "results", "checkpoint_io.json").read_text())
     report["command"] = command("checkpoint_io", argv)
     return write_json(args, report)
@@ -64,45 +50,38 @@ def main(argv=None) -> dict:
         __doc__,
         "checkpoint_io",
         size="350m",
-        vocab=(32000, "model vocabulary (the papers' tokenizer)"),
-        threads=2,
-        verify=["sizes", "full", "off"],
-        repeats=(2, "resumes per mode (the fastest is reported)"),
         rev=(None, "measure this git revision's tree instead"),
         script_rev=(None, "with --rev: the revision whose copy of this script runs"),
     ).parse_args(argv)
     if args.rev:
-        return at_revision(args, list(sys.argv[2:] if argv is None else argv))
-    out = tempfile.mkdtemp(prefix="ckpt-io-")
+        return at_revision(args, argv)
+    with tempfile.TemporaryDirectory(prefix="ckpt-io-") as out:
+        return write_json(args, {"command": command("checkpoint_io", argv), **measure(args, out)})
+
+
+def measure(args, out: str) -> dict:
+    """A trainer over the --size model, fp32 AdamW on the CPU: its save, then its resumes in each mode."""
     cfg = compose(
         [
-            f"model.size={args.size}",
-            f"model.vocab_size={args.vocab}",
-            "data.seq_len=32",
-            "data.vocab_size=512",
-            "train.global_batch_size=1",
-            "train.micro_batch_size=1",
-            "train.steps=1",
-            "train.keep_last=1",
-            f"train.threads={args.threads}",
-            "log.progress=lines",
+            *f"model.size={args.size} model.vocab_size={VOCAB} data.seq_len=32 data.vocab_size=512".split(),
+            *"train.global_batch_size=1 train.micro_batch_size=1 train.steps=1 train.keep_last=1".split(),
+            *f"train.threads={THREADS} log.progress=lines run.name=bench".split(),
             f"run.out_dir={out}",
-            "run.name=bench",
         ]
     )
-    dist.set_threads(args.threads)
+    dist.set_threads(THREADS)
     run_dir = os.path.join(out, "bench")
     os.makedirs(run_dir, exist_ok=True)
-    trainer, corpus = build_trainer(cfg, run_dir)
-    report = {
-        "command": command("checkpoint_io", argv),
-        "size": args.size,
-        "vocab": args.vocab,
-        **time_save(trainer),
-        "resume_s": time_resumes(args, cfg, run_dir, trainer, corpus),
-    }
-    write_json(args, report)
-    shutil.rmtree(out, ignore_errors=True)
+    env, corpus = read_dist_env(), data.prepare(cfg.data, True, dist.barrier)
+    model, param, optimizer, agg = train.build_parts(cfg, env, torch.device("cpu"), corpus.vocab_size)
+    engine = make_engine(model, optimizer, cfg, torch.device("cpu"), agg)
+
+    def new_trainer():  # a trainer over this engine: every resume loads into the same tensors
+        log = MetricsLog(run_dir, cfg.log, True, cfg.train.steps, {}, "bench")
+        return train.make_trainer(cfg, env, engine, param, agg, corpus, run_dir, log)
+
+    report = {"size": args.size, "vocab": VOCAB, **time_save(new_trainer())}
+    report["resume_s"] = time_resumes(cfg, new_trainer)
     dist.destroy()
     return report
 
@@ -118,12 +97,12 @@ def time_save(trainer) -> dict:
     return {"save_s": save_s, "checkpoint_bytes": size}
 
 
-def time_resumes(args, cfg, run_dir, trainer, corpus) -> dict:
-    times = {mode: [] for mode in args.verify}
-    for _ in range(args.repeats):  # modes interleaved, so none is always the first read after the save
-        for mode in args.verify:
+def time_resumes(cfg, new_trainer) -> dict:
+    times = {mode: [] for mode in MODES}
+    for _ in range(REPEATS):  # modes interleaved, so none is always the first read after the save
+        for mode in MODES:
             cfg.train.verify_checkpoint = mode
-            fresh, _ = build_trainer(cfg, run_dir, trainer.engine, corpus)
+            fresh = new_trainer()
             times[mode].append(timed(fresh.maybe_resume)[1])
             assert fresh.state.step == 1
     return {mode: min(t) for mode, t in times.items()}

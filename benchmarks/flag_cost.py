@@ -12,13 +12,15 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from benchmarks.harness import parser, relative, write_json
+from benchmarks.harness import parser, relative, timed, write_json  # (and the strategies registered)
 from benchmarks.processes import run_distributed
+from trainer.registry import AGG
+from trainer.strategy import BuildContext
 
 VARIANTS = {  # label -> (registry name, config overrides)
     "mean": ("mean", {}),
@@ -29,12 +31,6 @@ VARIANTS = {  # label -> (registry name, config overrides)
 
 
 def measure(rank, world_size, numels, repeats, out_path):
-    import torch.distributed as dist
-
-    import agg  # noqa: F401
-    from trainer.registry import AGG
-    from trainer.strategy import BuildContext
-
     torch.set_num_threads(1)
     ctx = BuildContext("debug", rank=rank, world_size=world_size)
     results = {}
@@ -45,18 +41,16 @@ def measure(rank, world_size, numels, repeats, out_path):
         for label, (name, overrides) in VARIANTS.items():
             cfg = AGG.get(name).config_cls(**overrides)
             aggregator = AGG.build(name, cfg, ctx)
-            times, sent = [], 0.0
-            for i in range(repeats + 2):
+            times = []
+            for i in range(repeats + 2):  # two warm-up calls
                 grads = [g.clone() for g in base]
                 dist.barrier()
-                start = time.perf_counter()
-                metrics = aggregator.aggregate(grads, step=i)
-                elapsed = torch.tensor([time.perf_counter() - start])
+                metrics, seconds = timed(aggregator.aggregate, grads, step=i)
+                elapsed = torch.tensor([seconds])
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-                if i >= 2:  # two warm-up calls
-                    times.append(float(elapsed))
-                sent = metrics.get("agg/bytes_sent", 0.0)
-            results[f"{numel}/{label}"] = {"numel": numel, "time_s": statistics.median(times), "bytes_sent": sent}
+                times.append(float(elapsed))
+            sent = metrics.get("agg/bytes_sent", 0.0)
+            results[f"{numel}/{label}"] = {"numel": numel, "time_s": statistics.median(times[2:]), "bytes_sent": sent}
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
@@ -74,29 +68,23 @@ def main(argv=None) -> dict:
     ]
     ratios = {}
     for numel in args.numel:
-        mean = results[f"{numel}/mean"]
+        mean, sharded, gathered = (results[f"{numel}/{k}"] for k in ("mean", "flag sharded", "flag allgather"))
         for label in VARIANTS:
             r = results[f"{numel}/{label}"]
             lines.append(
                 f"{numel:>9} {label:<22} {1e3 * r['time_s']:9.2f} {r['time_s'] / mean['time_s']:7.2f} "
                 f"{r['bytes_sent'] / 2**20:13.3f} {r['bytes_sent'] / max(1.0, mean['bytes_sent']):7.2f}"
             )
-        sharded, gathered = results[f"{numel}/flag sharded"], results[f"{numel}/flag allgather"]
         ratios[numel] = {
             "flag_time_over_mean": sharded["time_s"] / mean["time_s"],
             "allgather_bytes_over_sharded": gathered["bytes_sent"] / sharded["bytes_sent"],
             "allgather_time_over_sharded": gathered["time_s"] / sharded["time_s"],
         }
         lines.append(
-            f"{'':>9} ratios: flag(sharded)/mean time {ratios[numel]['flag_time_over_mean']:.2f}x; "
-            f"all-gather/sharded bytes {ratios[numel]['allgather_bytes_over_sharded']:.2f}x "
-            f"(counted; (p-1)n vs 2(p-1)n/p = p/2), time {ratios[numel]['allgather_time_over_sharded']:.2f}x"
+            f"{'':>9} ratios: flag(sharded)/mean time {ratios[numel]['flag_time_over_mean']:.2f}x; all-gather/sharded "
+            f"bytes {ratios[numel]['allgather_bytes_over_sharded']:.2f}x (counted; (p-1)n vs 2(p-1)n/p = p/2), "
+            f"time {ratios[numel]['allgather_time_over_sharded']:.2f}x"
         )
     print("\n".join(lines))
-    report = {
-        "args": {**vars(args), "results_dir": relative(str(args.results_dir))},
-        "results": results,
-        "ratios": ratios,
-        "table": lines,
-    }
-    return write_json(args, report)
+    report = {"args": {**vars(args), "results_dir": relative(str(args.results_dir))}, "results": results}
+    return write_json(args, {**report, "ratios": ratios, "table": lines})

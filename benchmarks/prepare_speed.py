@@ -1,10 +1,10 @@
 """Corpus preparation speed: `python -m trainer.prepare`'s parallel tokenization vs the single-process path
 it replaced, on the same text file, back to back in one run (the tokenizer is trained once, timed apart).
 
-    python -m benchmarks prepare_speed [--mb 200] [--repeats 1] [--workers 0] [--text FILE]
+    python -m benchmarks prepare_speed [--mb 200] [--repeats 1]
 
-prepare encodes each distinct word once per worker, which a repeated text flatters: measure text that does
-not repeat too. CPU microseconds per token say what a core does, whatever the load; each round first measures
+The text is the shared corpora repeated, which flatters prepare (it encodes each distinct word once per worker,
+one worker per core). CPU microseconds per token say what a core does, whatever the load; each round first measures
 the cores the workers actually get. `serial_lines` is the former path verbatim (HF datasets' text builder, a
 document per line); `serial_paragraphs` the same loop over today's documents, whose tokens prepare's must equal.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from benchmarks.harness import RESULTS, ROOT, command, parser, write_json
+from benchmarks.harness import ROOT, command, parser, timed, write_json
 from trainer import corpus, data, tokenizing
 from trainer.config import DataConfig
 
@@ -57,38 +57,41 @@ def former_documents(path: str):
             yield row["text"]
 
 
-def _burn(n: int) -> float:
-    start = time.perf_counter()
+def _burn(n: int) -> None:
     x = 0
     for i in range(n):
         x += i
-    return time.perf_counter() - start
 
 
 def free_cores(workers: int) -> float:
     """How many cores `workers` CPU-bound processes actually got just now (a shared machine may give fewer)."""
     import multiprocessing as mp
 
-    one = _burn(20_000_000)
+    one = timed(_burn, 20_000_000)[1]
     start = time.perf_counter()
     with mp.get_context("fork").Pool(workers) as pool:
         pool.map(_burn, [20_000_000] * workers)
     return workers * one / (time.perf_counter() - start)
 
 
-def timed(fn) -> tuple[int, float, float]:
-    """(fn's result, its wall seconds, its CPU seconds: what the work costs, whatever the load)."""
+def cpu_seconds() -> float:
+    """This process's and its finished children's CPU seconds."""
+    usage = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return sum(r.ru_utime + r.ru_stime for r in usage)
 
-    def cpu() -> float:  # this process's and its finished children's
-        usage = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        return sum(r.ru_utime + r.ru_stime for r in usage)
 
-    start, cpu0 = time.perf_counter(), cpu()
+def measured(fn) -> dict:
+    """fn's tokens, wall and CPU seconds (what the work costs, whatever the load), and the load before it."""
+    load, start, cpu0 = os.getloadavg()[0], time.perf_counter(), cpu_seconds()
     n = fn()
-    return n, time.perf_counter() - start, cpu() - cpu0
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+    return dict(
+        tokens=n, seconds=seconds, tokens_per_s=n / seconds, cpu_s=cpu, cpu_us_per_token=cpu / n * 1e6, load_before=load
+    )
 
 
-def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers: int) -> None:
+def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path) -> None:
+    workers = os.cpu_count()
     sp = spm.SentencePieceProcessor(model_file=tok_path)
     runs["free_cores"].append(free_cores(workers))
     print(f"free cores for {workers} processes right now: {runs['free_cores'][-1]:.2f}", flush=True)
@@ -98,37 +101,35 @@ def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path, workers
         ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
         ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1)),
     ):
-        load = os.getloadavg()[0]
-        n, seconds, cpu = timed(fn)
-        runs[name].append(
-            {
-                "tokens": n,
-                "seconds": seconds,
-                "tokens_per_s": n / seconds,
-                "cpu_s": cpu,
-                "cpu_us_per_token": cpu / n * 1e6,
-                "load_before": load,
-            }
-        )
-        print(
-            f"{name}: {n:,} tokens in {seconds:.1f} s = {n / seconds / 1e6:.2f} M tokens/s, {cpu:.1f} CPU s "
-            f"= {cpu / n * 1e6:.3f} CPU us/token (load average {load:.1f} on {os.cpu_count()} cores)",
-            flush=True,
-        )
+        r = measured(fn)
+        runs[name].append(r)
+        print(f"{name}: {r['tokens_per_s'] / 1e6:.2f} M tokens/s, {r['cpu_us_per_token']:.3f} CPU us/token", flush=True)
     first = np.fromfile(workdir / "b.bin", dtype=np.uint16)  # prepare's tokens are sentencepiece's, not merely as many
     for name in ("c.bin", "d.bin"):
         if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
             raise SystemExit(f"{name} differs from b.bin: prepare's tokens are not sentencepiece's")
 
 
-def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
+def main(argv=None) -> dict:
+    args = parser(__doc__, "prepare_speed", mb=200, repeats=1).parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="prepare-speed-"))
+    text = workdir / f"corpus-{args.mb}mb.txt"
+    build_text(text, args.mb)
+    cfg = DataConfig(source=str(text), cache_dir=str(workdir / "cache"))
+    tok_path = data.tokenizer_path(cfg)
+    tokenizer_s = timed(data.train_tokenizer, cfg, tok_path)[1]  # timed apart: the cache dir is new
+    print(f"tokenizer training: {tokenizer_s:.1f} s", flush=True)
+    runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
+    for _ in range(args.repeats):
+        one_round(runs, cfg, text, tok_path, workdir)
     best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
     cpu_per_token = {k: min(r["cpu_us_per_token"] for r in v) for k, v in runs.items() if k != "free_cores"}
     rounds = [p["tokens_per_s"] / s["tokens_per_s"] for p, s in zip(runs["prepare"], runs["serial_lines"])]
-    return {
+    result = {
+        "command": command("prepare_speed", argv),
         "megabytes": text.stat().st_size / 1e6,
         "cpu_count": os.cpu_count(),
-        "workers": workers,
+        "workers": os.cpu_count(),  # prepare's: one per core
         "tokenizer_training_s": tokenizer_s,
         "runs": runs,
         "best_tokens_per_s": best,
@@ -138,38 +139,5 @@ def summary(runs: dict, text: Path, workers: int, tokenizer_s: float) -> dict:
         "speedup_vs_serial_lines_per_round": rounds,
         "load_average_after": os.getloadavg()[0],
     }
-
-
-def main(argv=None) -> dict:
-    args = parser(
-        __doc__,
-        "prepare_speed",
-        mb=200,
-        repeats=1,
-        workers=(0, "prepare's processes (0: one per core)"),
-        text=(None, "a text file to use instead of the repeated corpus"),
-    ).parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="prepare-speed-"))
-    if args.text and args.results_dir == RESULTS:
-        args.results_dir = workdir  # another text's figures are not the documented ones
-    text = Path(args.text) if args.text else workdir / f"corpus-{args.mb}mb.txt"
-    if not text.exists():
-        build_text(text, args.mb)
-    cfg = DataConfig(source=str(text), cache_dir=str(workdir / "cache"), num_workers=args.workers)
-    workers = args.workers or os.cpu_count()
-    tok_path = data.tokenizer_path(cfg)
-    _, tokenizer_s, _ = timed(lambda: data.train_tokenizer(cfg, tok_path))  # timed apart: the cache dir is new
-    print(f"tokenizer training: {tokenizer_s:.1f} s", flush=True)
-    runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
-    for _ in range(args.repeats):
-        one_round(runs, cfg, text, tok_path, workdir, workers)
-    result = {"command": command("prepare_speed", argv), **summary(runs, text, workers, tokenizer_s)}
-    return write_json(
-        args,
-        result,
-        lambda r: (
-            f"tokenizer training {tokenizer_s:.1f} s; prepare is "
-            f"{r['speedup_vs_serial_lines']:.2f}x the former path, "
-            f"{r['speedup_vs_serial_paragraphs']:.2f}x its loop on paragraphs"
-        ),
-    )
+    show = "prepare is {speedup_vs_serial_lines:.2f}x the former path, {speedup_vs_serial_paragraphs:.2f}x its loop"
+    return write_json(args, result, lambda r: show.format(**r))

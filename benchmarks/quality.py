@@ -5,8 +5,9 @@
     python -m benchmarks quality --out dct_sweep --parallel 12 --grid optim=dct_adamw optim.lr=0.001,0.003 \\
         optim.update_gap=10,50 --extra train.precision=fp32 -- "full adamw (defaults)" optim=adamw
 
-Each label runs train.py for real (torchrun when --nproc > 1) on ../shared/data/wikitext103_valid.txt (last 10%
-held out). Under --parallel the runs share the machine, so their tokens/s are no speed figure (`speed` is).
+Each label runs train.py for real on ../shared/data/wikitext103_valid.txt (last 10% held out), 20m model, vocab
+4096, seed 0, one thread, 5 evaluations of 16 batches: a run's overrides (or --extra) change any of these. Under
+--parallel the runs share the machine, so their tokens/s are no speed figure (`speed` is).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from benchmarks.harness import ROOT, command, parser, pyplot, relative, split_overrides, write_json
@@ -27,54 +29,44 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
 
 def base_overrides(args) -> list[str]:
+    """Every run's settings, in the order the results record them (a run's own overrides come after)."""
+    steps = args.steps
     return [
-        f"model.size={args.model}",
-        f"data.source={args.data}",
-        "data.val_fraction=0.1",
-        f"data.seq_len={args.seq_len}",
-        f"data.vocab_size={args.vocab_size}",
-        f"train.steps={args.steps}",
-        f"train.global_batch_size={args.batch}",
-        f"train.micro_batch_size={args.micro_batch}",
-        f"train.eval_every={max(1, args.steps // args.evals)}",
-        f"train.eval_batches={args.eval_batches}",
-        f"train.save_every={args.steps}",
-        "train.resume=never",
-        f"train.seed={args.seed}",
-        f"train.threads={args.threads}",
-        "log.progress=lines",
-        "log.wandb=disabled",
+        "model.size=20m",
+        f"data.source={WIKITEXT}",
+        *f"data.val_fraction=0.1 data.seq_len={args.seq_len} data.vocab_size=4096 train.steps={steps}".split(),
+        *f"train.global_batch_size={args.batch} train.micro_batch_size={args.micro_batch}".split(),
+        *f"train.eval_every={max(1, steps // 5)} train.eval_batches=16 train.save_every={steps}".split(),
+        *"train.resume=never train.seed=0 train.threads=1 log.progress=lines log.wandb=disabled".split(),
         f"run.out_dir={args.results_dir / 'runs' / args.out}",
     ]
 
 
 def run_one(label: str, extra: str, args) -> dict:
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
-    overrides = [*base_overrides(args), f"run.name={name}", *shlex.split(extra), *args.extra]
     run_dir = args.results_dir / "runs" / args.out / name
     shutil.rmtree(run_dir, ignore_errors=True)  # its own output; a fresh run would append to metrics.jsonl
-    proc, wall = run_train(overrides, args.nproc, args.threads)
+    proc, wall = run_train([*base_overrides(args), f"run.name={name}", *shlex.split(extra), *args.extra])
+    result = {"label": label, "overrides": extra}
     if proc.returncode != 0:
         error = f"{label}: train.py exited {proc.returncode}\n{proc.stderr[-3000:]}"
-        if not args.keep_going:
+        if not args.grid:
             sys.exit(error)
         print(f"[quality] {label}: FAILED {error[-500:]}", flush=True)
-        return {"label": label, "overrides": extra, "error": error[-2000:]}
+        return {**result, "error": error[-2000:]}
     records = read_metrics(run_dir)
     val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
     train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
     speed = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r][1:]  # skip the warm-up step
-    counts = next((r for r in records if "params/total" in r), {})
     print(f"[quality] {label}: final val loss {val[-1][1]:.4f} ({wall:.0f} s)", flush=True)
     return {
-        "label": label,
-        "overrides": extra,
+        **result,
         "final_val_loss": val[-1][1],
         "first_val_loss": val[0][1],
         "val_curve": val,
         "train_curve": train,
         "tokens_per_s_median": statistics.median(speed) if speed else None,
-        "params_trainable": counts.get("params/trainable"),
+        "params_trainable": next((r.get("params/trainable") for r in records if "params/total" in r), None),
         "wall_s": wall,
     }
 
@@ -85,10 +77,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     for r in (r for r in results if "error" not in r):
         steps, losses = zip(*r["train_curve"])
         window = max(1, len(losses) // 30)
-        smooth = [
-            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-            for i in range(len(losses))
-        ]
+        smooth = [statistics.fmean(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
         ax_train.plot(steps, smooth, label=r["label"])
         ax_val.plot(*zip(*r["val_curve"]), marker="o", label=r["label"])
     ax_train.set(xlabel="step", ylabel="train loss (smoothed)", title=title)
@@ -102,33 +91,14 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def parse(argv):
     options, pairs = split_overrides(argv)
-    p = parser(
-        __doc__,
-        None,
-        model="20m",
-        data=str(WIKITEXT),
-        steps=300,
-        seq_len=128,
-        vocab_size=4096,
-        batch=16,
-        micro_batch=16,
-        evals=5,
-        eval_batches=16,
-        seed=0,
-        threads=1,
-        nproc=1,
-        parallel=(1, "runs at once (on a GPU the 20m runs leave it mostly idle)"),
-        extra=([], "overrides for every run"),
-        keep_going=(False, "record a failed run and go on (--grid: always)"),
-    )
+    p = parser(__doc__, None, steps=300, seq_len=128, batch=16, micro_batch=16, extra=([], "overrides for every run"))
+    p.add_argument("--parallel", type=int, default=1, help="runs at once (on a GPU the 20m runs leave it mostly idle)")
     p.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="a sweep: a run per point of the product")
     args = p.parse_args(options)
     if len(pairs) % 2:
         p.error('runs come in pairs after `--`: label "overrides"')
-    if not Path(args.data).is_file():
-        p.error(f"--data {args.data} does not exist")
-    args.keep_going |= bool(args.grid)
-    # A grid's runs: (label, overrides) for each point of the product of its KEY=V1,V2,... lists.
+    # A grid's runs (a failed one is recorded, and the sweep goes on): (label, overrides) for each point of the
+    # product of its KEY=V1,V2,... lists.
     axes = [[f"{item.split('=', 1)[0]}={v}" for v in item.split("=", 1)[1].split(",")] for item in args.grid]
     grid = [(" ".join(point), " ".join(point)) for point in itertools.product(*axes)] if args.grid else []
     return args, grid + list(zip(pairs[::2], pairs[1::2]))
@@ -138,14 +108,7 @@ def main(argv=None) -> dict:
     args, runs = parse(argv)
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda run: run_one(*run, args), runs))
-    report = {
-        "command": command("quality", argv),
-        "settings": [relative(o) for o in base_overrides(args) + args.extra],
-        "results": results,
-    }
-    return write_json(
-        args,
-        report,
-        lambda r: quality_table(r, best_first=bool(args.grid)),
-        lambda path: plot(results, path, f"{args.model}, {args.steps} steps"),
-    )
+    settings = [relative(o) for o in base_overrides(args) + args.extra]
+    report = {"command": command("quality", argv), "settings": settings, "results": results}
+    table = partial(quality_table, best_first=bool(args.grid))
+    return write_json(args, report, table, partial(plot, results, title=f"20m, {args.steps} steps"))
