@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 import train
-from benchmarks.harness import ROOT, VOCAB, command, compose, make_engine, parser, timed, write_json
+from benchmarks.harness import ROOT, VOCAB, command, make_engine, parser, timed, write_json
 from launch.env import read_dist_env
 from trainer import data, dist
+from trainer.cli import compose_config
 from trainer.metrics import MetricsLog
 
 THREADS = 2
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
 
 def measure(args, out: str) -> dict:
     """A trainer over the --size model, fp32 AdamW on the CPU: its save, then its resumes in each mode."""
-    cfg = compose(
+    cfg = compose_config(
         [
             *f"model.size={args.size} model.vocab_size={VOCAB} data.seq_len=32 data.vocab_size=512".split(),
             *"train.global_batch_size=1 train.micro_batch_size=1 train.steps=1 train.keep_last=1".split(),

@@ -1,7 +1,5 @@
-"""The one harness every benchmark uses: options, build any param x optim combination the way train.py does (Hydra
-config -> registries; strategies looked up by name only), time steps (interleaved medians), measure memory, write
-JSON and plots. Starting train.py and gloo process groups: benchmarks/processes.py.
-"""
+"""The harness every benchmark uses: options, any param x optim combination built as train.py builds it (by
+registry name), interleaved step timing, tensor bytes, JSON and plots. Processes: benchmarks/processes.py."""
 
 from __future__ import annotations
 
@@ -104,12 +102,6 @@ def stacked_bars(ax, labels: list[str], parts: dict[str, list[float]], horizonta
     ax.legend(fontsize=8)
 
 
-def compose(overrides: list[str]) -> Config:
-    from trainer.cli import compose_config  # not at the top: memory.py's baseline is before Hydra
-
-    return compose_config(overrides)
-
-
 Combo = namedtuple("Combo", "label param optim extra")  # one combination: label, registry names, its overrides
 
 
@@ -145,7 +137,9 @@ def build(
     size: str, param_name: str, optim_name: str | None, extra=(), vocab=VOCAB, seq_len=256, device="cpu"
 ) -> Built:
     """The model converted by `param_name`, and (unless None) the `optim_name` optimizer over it."""
-    cfg = compose([f"model.size={size}", f"param={param_name}", f"optim={optim_name or 'adamw'}", *extra])
+    from trainer.cli import compose_config  # not at the top: memory.py's baseline is before Hydra
+
+    cfg = compose_config([f"model.size={size}", f"param={param_name}", f"optim={optim_name or 'adamw'}", *extra])
     ctx = BuildContext(model_size=size, seed=cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     with torch.device(device):

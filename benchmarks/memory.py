@@ -3,10 +3,10 @@
     python -m benchmarks memory [--sizes 60m 130m 350m] [--peak-size 130m] [--params ...] [--optims ...]
     python -m benchmarks memory --device cuda --bf16 --sizes 350m 1b 7b --fit --out gpu_memory   # largest that fits
 
-Each size and combination runs in a fresh process (so one's peak is not another's): built as train.py builds it
-(vocab 32000, fp32), two optimizer steps on random tokens, then the bytes of its tensors, whole model and block
-projections alone. Peak step memory on a CPU is the resident set's peak (heap trimmed, VmHWM reset) minus the
-process's before the model existed; on a GPU, the allocator's peak. Ratios are against full-rank AdamW.
+Each size and combination runs in a fresh process (so one's peak is not another's), built as train.py builds it
+(vocab 32000, fp32): two optimizer steps on random tokens, then its tensors' bytes, whole model and block projections.
+Peak step memory on a CPU: the resident set's peak (heap trimmed, VmHWM reset) minus the process's before the model
+existed; on a GPU, the allocator's peak. Ratios are against full-rank AdamW.
 """
 
 from __future__ import annotations
