@@ -2,9 +2,9 @@
 
     python -m benchmarks checkpoint_io --size 350m --rev d83f4ee^ --script-rev d83f4ee --out checkpoint_io_main
 
-One training step first, so the AdamW moments exist. The resume reads what the save just wrote, from the page
-cache: an upper bound on read speed; the save too is timed to the page cache (os.sync() around it, untimed).
---rev measures an older tree running this script as at --script-rev (the first revision that has it).
+The resume reads what the save just wrote, from the page cache: an upper bound on read speed; the save too is
+timed to the page cache (os.sync() around it, untimed). --rev measures that git revision's tree, running this
+script as at --script-rev (the first revision that has it; default: --rev).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ REPEATS = 2  # resumes per mode, the fastest reported
 
 
 def at_revision(args, argv) -> dict:
-    """This benchmark on an older tree: a checkout of --rev running the script of --script-rev."""
-
     def git(*cmd) -> bytes:
         return subprocess.run(["git", *cmd], cwd=ROOT, check=True, capture_output=True).stdout
 
@@ -47,13 +45,7 @@ def at_revision(args, argv) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = parser(
-        __doc__,
-        "checkpoint_io",
-        size="350m",
-        rev=(None, "measure this git revision's tree instead"),
-        script_rev=(None, "with --rev: the revision whose copy of this script runs"),
-    ).parse_args(argv)
+    args = parser(__doc__, "checkpoint_io", size="350m", rev=None, script_rev=None).parse_args(argv)
     if args.rev:
         return at_revision(args, argv)
     with tempfile.TemporaryDirectory(prefix="ckpt-io-") as out:
@@ -61,15 +53,10 @@ def main(argv=None) -> dict:
 
 
 def measure(args, out: str) -> dict:
-    """A trainer over the --size model, fp32 AdamW on the CPU: its save, then its resumes in each mode."""
-    cfg = compose_config(
-        [
-            *f"model.size={args.size} model.vocab_size={VOCAB} data.seq_len=32 data.vocab_size=512".split(),
-            *"train.global_batch_size=1 train.micro_batch_size=1 train.steps=1 train.keep_last=1".split(),
-            *f"train.threads={THREADS} log.progress=lines run.name=bench".split(),
-            f"run.out_dir={out}",
-        ]
-    )
+    """fp32 AdamW on the CPU: the trainer's save, then its resumes in each mode."""
+    settings = f"model.size={args.size} model.vocab_size={VOCAB} data.seq_len=32 data.vocab_size=512 train.steps=1"
+    settings += f" train.global_batch_size=1 train.micro_batch_size=1 train.keep_last=1 train.threads={THREADS}"
+    cfg = compose_config([*settings.split(), "log.progress=lines", "run.name=bench", f"run.out_dir={out}"])
     dist.set_threads(THREADS)
     run_dir = os.path.join(out, "bench")
     os.makedirs(run_dir, exist_ok=True)
@@ -81,13 +68,13 @@ def measure(args, out: str) -> dict:
         log = MetricsLog(run_dir, cfg.log, True, cfg.train.steps, {}, "bench")
         return train.make_trainer(cfg, env, engine, param, agg, corpus, run_dir, log)
 
-    report = {"size": args.size, "vocab": VOCAB, **time_save(new_trainer())}
-    report["resume_s"] = time_resumes(cfg, new_trainer)
+    report = {"size": args.size, "vocab": VOCAB, **save_then_resume(cfg, new_trainer)}
     dist.destroy()
     return report
 
 
-def time_save(trainer) -> dict:
+def save_then_resume(cfg, new_trainer) -> dict:
+    trainer = new_trainer()
     trainer.train_step(0)  # the AdamW moments exist from here on
     trainer.state.step = 1
     os.sync()  # no earlier writes left to flush inside the timed save
@@ -95,10 +82,6 @@ def time_save(trainer) -> dict:
     os.sync()  # nor the save's own writes inside the timed resumes
     walk = os.walk(trainer.checkpointer.root)
     size = sum(os.path.getsize(os.path.join(b, n)) for b, _, names in walk for n in names)
-    return {"save_s": save_s, "checkpoint_bytes": size}
-
-
-def time_resumes(cfg, new_trainer) -> dict:
     times = {mode: [] for mode in MODES}
     for _ in range(REPEATS):  # modes interleaved, so none is always the first read after the save
         for mode in MODES:
@@ -106,4 +89,5 @@ def time_resumes(cfg, new_trainer) -> dict:
             fresh = new_trainer()
             times[mode].append(timed(fresh.maybe_resume)[1])
             assert fresh.state.step == 1
-    return {mode: min(t) for mode, t in times.items()}
+    resume_s = {mode: min(t) for mode, t in times.items()}
+    return {"save_s": save_s, "checkpoint_bytes": size, "resume_s": resume_s}

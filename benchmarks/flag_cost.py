@@ -52,8 +52,7 @@ def measure(rank, world_size, numels, repeats, out_path):
             sent = metrics.get("agg/bytes_sent", 0.0)
             results[f"{numel}/{label}"] = {"numel": numel, "time_s": statistics.median(times[2:]), "bytes_sent": sent}
     if rank == 0:
-        with open(out_path, "w") as f:
-            json.dump(results, f)
+        Path(out_path).write_text(json.dumps(results))
 
 
 def main(argv=None) -> dict:
@@ -62,10 +61,8 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="flag-cost-")) / "raw.json"
     run_distributed(measure, args.nproc, args.numel, args.repeats, str(tmp))
     results = json.loads(tmp.read_text())
-    lines = [
-        f"p = {args.nproc} processes (gloo, CPU), median of {args.repeats} calls",
-        f"{'n':>9} {'aggregator':<22} {'time ms':>9} {'x mean':>7} {'MB sent/rank':>13} {'x mean':>7}",
-    ]
+    header = f"{'n':>9} {'aggregator':<22} {'time ms':>9} {'x mean':>7} {'MB sent/rank':>13} {'x mean':>7}"
+    lines = [f"p = {args.nproc} processes (gloo, CPU), median of {args.repeats} calls", header]
     ratios = {}
     for numel in args.numel:
         mean, sharded, gathered = (results[f"{numel}/{k}"] for k in ("mean", "flag sharded", "flag allgather"))

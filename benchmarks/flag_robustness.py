@@ -4,10 +4,9 @@ against a clean `mean` run with the same seed and steps (acceptance: every attac
     python -m benchmarks flag_robustness   # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
     python -m benchmarks flag_robustness --nproc 8 --byzantine 2 --out flag_robustness_p8   # ~20 min
 
-Each run is train.py under torchrun, as a user would start it: the debug model on the built-in corpus, SETTINGS below.
-Their global batch, 256 sequences, is where the honest workers' gradients agree enough for a subspace method to
-tell them from an attacker: with 4 sequences per worker they are nearly orthogonal (mean pairwise cosine
-~0.03-0.1), every 3 of 4 workers span an equally good flag, and no flag-based aggregate can single it out.
+Each run is train.py under torchrun (debug model, built-in corpus, SETTINGS below). A global batch of 256 sequences is
+where honest workers' gradients agree enough for a subspace method to tell them from an attacker: at 4 sequences per
+worker they are nearly orthogonal (mean pairwise cosine ~0.03-0.1) and any 3 of 4 span an equally good flag.
 """
 
 from __future__ import annotations
@@ -20,23 +19,20 @@ from benchmarks.harness import parser, relative, write_json
 from benchmarks.processes import read_metrics, run_train
 
 ATTACKS = ["sign_flip", "gaussian", "uniform_random", "alie", "fall_of_empires", "zero", "nan"]
-AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 1) / 2)
+AGGS = {  # label -> overrides; {m_spec} is the spec's flag dimension ceil((p + 1) / 2), {f} the Byzantine count
     "mean": ["agg=mean"],
     "flag": ["agg=flag"],  # the defaults: normalized aggregate, m = 1
     "flag_raw": ["agg=flag", "agg.normalized=false"],  # the spec (METHODS.md 5): raw aggregate, m = ceil((p + 1) / 2)
     "flag_m_spec": ["agg=flag", "agg.m={m_spec}"],  # normalized, m = ceil((p + 1) / 2)
     "median": ["agg=median"],
-    "trimmed_mean": ["agg=trimmed_mean"],
-    "multi_krum": ["agg=multi_krum"],
+    "trimmed_mean": ["agg=trimmed_mean", "agg.num_trim={f}"],
+    "multi_krum": ["agg=multi_krum", "agg.num_byzantine={f}"],
 }
 SETTINGS = {"steps": 100, "seq_len": 64, "batch": 256, "eval_batches": 8, "seed": 0, "tolerance": 0.05}
 
 
 def agg_overrides(args, agg: str) -> list[str]:
-    m_spec = math.ceil((args.nproc + 1) / 2)
-    f = args.byzantine  # the aggregators that take f are told it
-    extra = {"multi_krum": [f"agg.num_byzantine={f}"], "trimmed_mean": [f"agg.num_trim={f}"]}.get(agg, [])
-    return [o.format(m_spec=m_spec) for o in AGGS[agg]] + extra
+    return [o.format(m_spec=math.ceil((args.nproc + 1) / 2), f=args.byzantine) for o in AGGS[agg]]
 
 
 def base_overrides(args, work: Path) -> list[str]:
@@ -79,50 +75,39 @@ def row(first: str, cells) -> str:
     return f"{first:<16}" + "".join(f"{c:>20}" for c in cells)
 
 
-def loss_table(args, results: dict, clean: float) -> list[str]:
-    lines = [
-        f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks} of "
-        f"{args.nproc}",
-        row("attack", args.aggs),
-    ]
+def loss_tables(args, results: dict, clean: float) -> tuple[dict, list[str]]:
+    """The losses, then each aggregator's worst ratio to the clean loss over the clean run and every attack."""
+    title = f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks}"
+    lines = [f"{title} of {args.nproc}", row("attack", args.aggs)]
     for attack in ["clean", *args.attacks]:
         losses = [results[f"{attack}/{agg}"]["val_loss"] for agg in args.aggs]
         cells = [f"{x:9.4f} ({x / clean:5.3f})" if math.isfinite(x) else f"{'nan':>9} {'(broken)':>7}" for x in losses]
         lines.append(row(attack, cells))
-    return lines
-
-
-def verdicts(args, results: dict, clean: float) -> tuple[dict, list[str]]:
-    """Each aggregator's worst ratio to the clean loss over the clean run and every attack, and its table lines."""
-    out, lines = {}, ["", f"worst ratio to the clean loss (tolerance {1 + args.tolerance:.2f})"]
+    verdict = {}
+    lines += ["", f"worst ratio to the clean loss (tolerance {1 + args.tolerance:.2f})"]
     for agg in args.aggs:
         losses = {t: results[f"{t}/{agg}"]["val_loss"] for t in ["clean", *args.attacks]}
         ratios = {t: loss / clean if math.isfinite(loss) else float("inf") for t, loss in losses.items()}
         worst = max(ratios, key=ratios.get)
         ratio = ratios[worst] if math.isfinite(ratios[worst]) else None  # a nan loss (diverged): JSON has no inf
         ok = ratio is not None and ratio <= 1 + args.tolerance
-        out[agg] = {"worst_attack": worst, "worst_ratio": ratio, "within_tolerance": ok}
+        verdict[agg] = {"worst_attack": worst, "worst_ratio": ratio, "within_tolerance": ok}
         shown = "nan" if ratio is None else f"{ratio:.3f}"
         lines.append(f"{agg:<20} {shown:>8} ({worst})  {'within' if ok else 'NOT within'}")
-    return out, lines
+    return verdict, lines
 
 
 def weight_table(args, results: dict) -> list[str]:
-    """The Byzantine ranks' largest logged weight (median over steps) for the aggregators that log one."""
     aggs = [a for a in args.aggs if any(results[f"{t}/{a}"]["byzantine_weight"] is not None for t in args.attacks)]
     if not aggs:
         return []
-    cosines = [results[f"clean/{a}"]["mean_cosine"] for a in aggs]
-    cosines = [c for c in cosines if c is not None]
-    lines = [
-        "",
-        f"weight of Byzantine ranks {args.byzantine_ranks} in the aggregate "
-        "(the largest, median over steps; 1 = fully used, 0 = ignored)",
-    ]
-    if cosines:
-        lines.append(
-            f"workers' mean pairwise gradient cosine in the clean {aggs[0]} run (median over steps): {cosines[0]:.3f}"
-        )
+    title = f"weight of Byzantine ranks {args.byzantine_ranks} in the aggregate"
+    lines = ["", f"{title} (the largest, median over steps; 1 = fully used, 0 = ignored)"]
+    with_cosine = [a for a in aggs if results[f"clean/{a}"]["mean_cosine"] is not None]
+    if with_cosine:
+        agg = with_cosine[0]
+        cosine = results[f"clean/{agg}"]["mean_cosine"]
+        lines.append(f"workers' mean pairwise gradient cosine in the clean {agg} run (median over steps): {cosine:.3f}")
     lines.append(row("attack", aggs))
     for attack in args.attacks:
         weights = [results[f"{attack}/{a}"]["byzantine_weight"] for a in aggs]
@@ -142,7 +127,6 @@ def parse_args(argv):
 
 
 def run_all(args) -> dict[str, dict]:
-    """The clean runs of every aggregator (mean first, the reference), then each attack against each."""
     work = Path(tempfile.mkdtemp(prefix="flag-robustness-"))
     faults = [f"faults.byzantine_ranks=[{','.join(map(str, args.byzantine_ranks))}]"]
     runs = {f"clean/{agg}": agg_overrides(args, agg) for agg in ["mean", *args.aggs]}
@@ -157,8 +141,8 @@ def main(argv=None) -> dict:
     print(f"{args.nproc} processes, Byzantine ranks {args.byzantine_ranks}, {SETTINGS}", flush=True)
     results = run_all(args)
     clean = results["clean/mean"]["val_loss"]
-    verdict, verdict_lines = verdicts(args, results, clean)
-    lines = loss_table(args, results, clean) + verdict_lines + weight_table(args, results)
+    verdict, lines = loss_tables(args, results, clean)
+    lines += weight_table(args, results)
     print("\n".join(lines))
     report = {"args": {**vars(args), "results_dir": relative(str(args.results_dir))}, "clean_val_loss": clean}
     return write_json(args, {**report, "results": results, "verdict": verdict, "table": lines})

@@ -1,12 +1,10 @@
-"""Corpus preparation speed: `python -m trainer.prepare`'s parallel tokenization vs the single-process path
-it replaced, on the same text file, back to back in one run (the tokenizer is trained once, timed apart).
+"""Corpus preparation speed: `python -m trainer.prepare`'s tokenization (one worker per core, and one process)
+against the plain serial sentencepiece loop over the same documents, whose tokens prepare's must equal.
 
     python -m benchmarks prepare_speed [--mb 200] [--repeats 1]
 
-The text is the shared corpora repeated, which flatters prepare (it encodes each distinct word once per worker,
-one worker per core). CPU microseconds per token say what a core does, whatever the load; each round first measures
-the cores the workers actually get. `serial_lines` is the former path verbatim (HF datasets' text builder, a
-document per line); `serial_paragraphs` the same loop over today's documents, whose tokens prepare's must equal.
+The text is the shared corpora repeated, which flatters prepare (each worker encodes a distinct word once).
+CPU microseconds per token say what a core does, whatever the load on a shared machine.
 """
 
 from __future__ import annotations
@@ -48,66 +46,29 @@ def serial(docs, sp: spm.SentencePieceProcessor, out_path: str) -> int:
     return num_tokens
 
 
-def former_documents(path: str):
-    """The former .txt reading: HF datasets' text builder, one document per non-blank line."""
-    import datasets
-
-    for row in datasets.load_dataset("text", data_files=[path], split="train", streaming=True):
-        if row["text"] and row["text"].strip():
-            yield row["text"]
-
-
-def _burn(n: int) -> None:
-    x = 0
-    for i in range(n):
-        x += i
-
-
-def free_cores(workers: int) -> float:
-    """How many cores `workers` CPU-bound processes actually got just now (a shared machine may give fewer)."""
-    import multiprocessing as mp
-
-    one = timed(_burn, 20_000_000)[1]
-    start = time.perf_counter()
-    with mp.get_context("fork").Pool(workers) as pool:
-        pool.map(_burn, [20_000_000] * workers)
-    return workers * one / (time.perf_counter() - start)
-
-
 def cpu_seconds() -> float:
     """This process's and its finished children's CPU seconds."""
     usage = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return sum(r.ru_utime + r.ru_stime for r in usage)
 
 
-def measured(fn) -> dict:
-    """fn's tokens, wall and CPU seconds (what the work costs, whatever the load), and the load before it."""
-    load, start, cpu0 = os.getloadavg()[0], time.perf_counter(), cpu_seconds()
-    n = fn()
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
-    return dict(
-        tokens=n, seconds=seconds, tokens_per_s=n / seconds, cpu_s=cpu, cpu_us_per_token=cpu / n * 1e6, load_before=load
-    )
-
-
-def one_round(runs: dict, cfg, text: Path, tok_path: str, workdir: Path) -> None:
-    workers = os.cpu_count()
+def one_round(runs: dict, cfg, tok_path: str, workdir: Path) -> None:
     sp = spm.SentencePieceProcessor(model_file=tok_path)
-    runs["free_cores"].append(free_cores(workers))
-    print(f"free cores for {workers} processes right now: {runs['free_cores'][-1]:.2f}", flush=True)
     for name, fn in (
-        ("serial_lines", lambda: serial(former_documents(str(text)), sp, str(workdir / "a.bin"))),
-        ("serial_paragraphs", lambda: serial(corpus.documents(cfg), sp, str(workdir / "b.bin"))),
-        ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "c.bin"), workers)),
-        ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "d.bin"), 1)),
+        ("serial", lambda: serial(corpus.documents(cfg), sp, str(workdir / "serial.bin"))),
+        ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "prepare.bin"), os.cpu_count())),
+        ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "prepare_1.bin"), 1)),
     ):
-        r = measured(fn)
+        start, cpu0 = time.perf_counter(), cpu_seconds()
+        n = fn()
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        r = dict(tokens=n, seconds=seconds, tokens_per_s=n / seconds, cpu_s=cpu, cpu_us_per_token=cpu / n * 1e6)
         runs[name].append(r)
         print(f"{name}: {r['tokens_per_s'] / 1e6:.2f} M tokens/s, {r['cpu_us_per_token']:.3f} CPU us/token", flush=True)
-    first = np.fromfile(workdir / "b.bin", dtype=np.uint16)  # prepare's tokens are sentencepiece's, not merely as many
-    for name in ("c.bin", "d.bin"):
+    first = np.fromfile(workdir / "serial.bin", dtype=np.uint16)  # the same tokens, not merely as many
+    for name in ("prepare.bin", "prepare_1.bin"):
         if not np.array_equal(first, np.fromfile(workdir / name, dtype=np.uint16)):
-            raise SystemExit(f"{name} differs from b.bin: prepare's tokens are not sentencepiece's")
+            raise SystemExit(f"{name} differs from serial.bin: prepare's tokens are not sentencepiece's")
 
 
 def main(argv=None) -> dict:
@@ -119,25 +80,18 @@ def main(argv=None) -> dict:
     tok_path = data.tokenizer_path(cfg)
     tokenizer_s = timed(data.train_tokenizer, cfg, tok_path)[1]  # timed apart: the cache dir is new
     print(f"tokenizer training: {tokenizer_s:.1f} s", flush=True)
-    runs = {"serial_lines": [], "serial_paragraphs": [], "prepare": [], "prepare_1_process": [], "free_cores": []}
+    runs = {"serial": [], "prepare": [], "prepare_1_process": []}
     for _ in range(args.repeats):
-        one_round(runs, cfg, text, tok_path, workdir)
-    best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items() if k != "free_cores"}
-    cpu_per_token = {k: min(r["cpu_us_per_token"] for r in v) for k, v in runs.items() if k != "free_cores"}
-    rounds = [p["tokens_per_s"] / s["tokens_per_s"] for p, s in zip(runs["prepare"], runs["serial_lines"])]
+        one_round(runs, cfg, tok_path, workdir)
+    best = {k: max(r["tokens_per_s"] for r in v) for k, v in runs.items()}
     result = {
         "command": command("prepare_speed", argv),
         "megabytes": text.stat().st_size / 1e6,
-        "cpu_count": os.cpu_count(),
         "workers": os.cpu_count(),  # prepare's: one per core
         "tokenizer_training_s": tokenizer_s,
         "runs": runs,
         "best_tokens_per_s": best,
-        "best_cpu_us_per_token": cpu_per_token,
-        "speedup_vs_serial_lines": best["prepare"] / best["serial_lines"],
-        "speedup_vs_serial_paragraphs": best["prepare"] / best["serial_paragraphs"],
-        "speedup_vs_serial_lines_per_round": rounds,
-        "load_average_after": os.getloadavg()[0],
+        "best_cpu_us_per_token": {k: min(r["cpu_us_per_token"] for r in v) for k, v in runs.items()},
+        "speedup_vs_serial": best["prepare"] / best["serial"],
     }
-    show = "prepare is {speedup_vs_serial_lines:.2f}x the former path, {speedup_vs_serial_paragraphs:.2f}x its loop"
-    return write_json(args, result, lambda r: show.format(**r))
+    return write_json(args, result, lambda r: f"prepare is {r['speedup_vs_serial']:.2f}x the serial loop")

@@ -5,9 +5,9 @@
     python -m benchmarks quality --out dct_sweep --parallel 12 --grid optim=dct_adamw optim.lr=0.001,0.003 \\
         optim.update_gap=10,50 --extra train.precision=fp32 -- "full adamw (defaults)" optim=adamw
 
-Each label runs train.py for real on ../shared/data/wikitext103_valid.txt (last 10% held out), 20m model, vocab
-4096, seed 0, one thread, 5 evaluations of 16 batches: a run's overrides (or --extra) change any of these. Under
---parallel the runs share the machine, so their tokens/s are no speed figure (`speed` is).
+Each label runs train.py on ../shared/data/wikitext103_valid.txt (10% held out), 20m model, vocab 4096, seed 0,
+one thread, 5 evaluations of 16 batches: its overrides (or --extra) change any of these. A failed grid run is
+recorded and the sweep goes on. Under --parallel the runs share the machine: their tokens/s are no speed figure.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
 
 def base_overrides(args) -> list[str]:
-    """Every run's settings, in the order the results record them (a run's own overrides come after)."""
     steps = args.steps
     return [
         "model.size=20m",
@@ -97,8 +96,6 @@ def parse(argv):
     args = p.parse_args(options)
     if len(pairs) % 2:
         p.error('runs come in pairs after `--`: label "overrides"')
-    # A grid's runs (a failed one is recorded, and the sweep goes on): (label, overrides) for each point of the
-    # product of its KEY=V1,V2,... lists.
     axes = [[f"{item.split('=', 1)[0]}={v}" for v in item.split("=", 1)[1].split(",")] for item in args.grid]
     grid = [(" ".join(point), " ".join(point)) for point in itertools.product(*axes)] if args.grid else []
     return args, grid + list(zip(pairs[::2], pairs[1::2]))

@@ -11,7 +11,7 @@ At most 2 x workers units are in flight, so a hub stream is read only as fast as
 (bounded memory, and data.max_tokens stops the reading). Tokens are written to a temporary file next to
 the cache entry, renamed into place when complete, and removed on any failure. Each worker encodes a
 distinct word once (trainer/word_encode.py): sentencepiece's ids, for 1.5x (text that does not repeat) to
-3x (benchmarks/prepare_speed.py's repeated text) less CPU per token.
+2.5x (benchmarks/prepare_speed.py's repeated text) less CPU per token.
 """
 
 from __future__ import annotations
