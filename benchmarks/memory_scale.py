@@ -5,8 +5,6 @@
 Each row is `python -m tools.memory <overrides> --json` in its own process (FakeTensorMode: nothing allocated).
 """
 
-from __future__ import annotations
-
 import json
 import subprocess
 import sys
@@ -14,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.harness import ROOT, command, parser, pyplot, stacked_bars, write_json
-from benchmarks.report import NOT_MEASURED, fmt, table, target
+from benchmarks.report import NOT_MEASURED, table
 
 GIB = 2**30
 LOW = ["train.precision=pure_bf16", "optim.step_in_backward=true", "optim.state_dtype=int8"]
@@ -48,25 +46,15 @@ def estimate(overrides: list[str], real: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "m.json"
         cmd = [sys.executable, "-m", "tools.memory", *COMMON, *overrides, "--json", str(out)]
-        if real:
-            cmd.append("--real")
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(cmd + ["--real"] if real else cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "overrides": overrides}
         return json.loads(out.read_text())
 
 
 def gib(b: dict) -> list[float]:
-    """A step's bytes at its peak in GiB, one per PARTS."""
     act = b["activations"] + b["temporaries"] + b.get("inputs", 0)
     return [x / GIB for x in (b["weights"], b["gradients"], b["optimizer_state"], act)]
-
-
-def real_line(name: str, r: dict) -> str:
-    return (
-        f"real CPU tensors, {name} (`{' '.join(r['overrides'])}`): measured {r['measured'] / GIB:.3f} GiB, "
-        f"estimated {r['estimated'] / GIB:.3f} GiB, measured / estimated {r['ratio']:.4f}"
-    )
 
 
 def real_checks() -> dict:
@@ -76,10 +64,9 @@ def real_checks() -> dict:
         overrides = [*base, *ROWS[label]]
         estimated = estimate(overrides)["bytes"]["total"]
         real = estimate(overrides, real=True)
-        measured = real["bytes"]["total"]
-        out[name] = {"overrides": overrides, "estimated": estimated, "measured": measured}
-        out[name] |= {"ratio": measured / estimated, "real_wall_s": real.get("wall_s")}
-        print(real_line(name, out[name]), flush=True)
+        r = {"overrides": overrides, "estimated": estimated, "measured": real["bytes"]["total"]}
+        out[name] = r | {"ratio": r["measured"] / estimated, "real_wall_s": real.get("wall_s")}
+        print(f"real CPU tensors, {name}: measured / estimated {out[name]['ratio']:.4f}", flush=True)
     return out
 
 
@@ -104,27 +91,29 @@ def scale_row(label: str, r: dict) -> str:
     return f"| {label} | {parts} | **{r['bytes']['total'] / GIB:.2f}** | {r['wall_s']:.0f} |"
 
 
-def memory_scale_section(ms, low_full, low_sltrain) -> str:
-    """benchmarks/memory_scale.py's estimator rows, its real-tensor checks, and the low-memory quality runs."""
+def memory_scale_section(ms, *low_memory_runs) -> str:
     if ms is None:
         return f"{NOT_MEASURED}: run `python -m benchmarks memory_scale --real`.\n"
     out = [
-        "Peak bytes of one training step of one process, from `python -m tools.memory` (FakeTensorMode + "
-        "MemTracker on CPU: nothing allocated; vocabulary 32000, 256-token sequences; weights / gradients / "
-        "optimizer state / activations + temporaries at the moment of the peak). Command: "
-        f"`{ms['command']}`; settings `{' '.join(ms['common'])}`. The peer row is galore-torch's 8-bit per-layer "
-        "GaLore (bf16 weights, rank 1024, step inside backward), counted through its stand-in `optim=galore_adamw "
-        "optim.state_dtype=int8`, whose state holds 0.991x the real GaLoreAdamW8bit's bytes "
-        "(tests/optim/test_galore_torch_peer.py), because bitsandbytes' kernels fail under fake tensors.\n"
+        "Peak bytes of one process's training step (weights / gradients / optimizer state / activations + temporaries "
+        "at the peak) from `python -m tools.memory`: FakeTensorMode + MemTracker on CPU, nothing allocated, vocabulary "
+        f"32000, 256-token sequences. `{ms['command']}`; settings `{' '.join(ms['common'])}`. Peer row: galore-torch's "
+        "8-bit per-layer GaLore (bf16 weights, rank 1024, step in backward) via its stand-in `optim=galore_adamw "
+        "optim.state_dtype=int8` (0.991x GaLoreAdamW8bit's state bytes, tests/optim/test_galore_torch_peer.py), as "
+        "bitsandbytes' kernels fail under fake tensors.\n"
     ]
     header = "configuration | weights | grads | optimizer state | act + temp | **peak** | estimate s"
     for setting, rows in ms["results"].items():
-        out += [f"\n**{setting}** (GiB)\n", *table(header, [scale_row(label, r) for label, r in rows.items()])]
-    out.append("\n![memory at 7b](../benchmarks/results/memory_scale.png)\n")
-    out += [f"- {real_line(name, r)}" for name, r in (ms.get("real") or {}).items()]
+        out.append(table(header, [scale_row(label, r) for label, r in rows.items()], f"**{setting}** (GiB)"))
+    out.append("![memory at 7b](../benchmarks/results/memory_scale.png)\n")
+    for name, r in (ms.get("real") or {}).items():
+        out.append(
+            f"- real CPU tensors, {name} (`{' '.join(r['overrides'])}`): measured {r['measured'] / GIB:.3f} GiB, "
+            f"estimated {r['estimated'] / GIB:.3f} GiB, measured / estimated {r['ratio']:.4f}"
+        )
     if "best_over_today_1b" in ms:
         out.append(f"- estimated best / today's mode at 1b: {ms['best_over_today_1b']:.3f}")
-    for q in filter(None, (low_full, low_sltrain)):
+    for q in filter(None, low_memory_runs):
         ref, low = q["results"][0], q["results"][1]
         out.append(
             f"- quality, 20m 400 steps x 2048 tokens (`{q['command']}`): {ref['label']} {ref['final_val_loss']:.4f}, "
@@ -134,37 +123,18 @@ def memory_scale_section(ms, low_full, low_sltrain) -> str:
     return "\n".join(out) + "\n"
 
 
-def memory_scale_targets(ms) -> list[str]:
-    ms = ms or {}
-    rows = ms.get("results", {}).get("7b, 1 x 256", {})
-    totals = {label: r["bytes"]["total"] / GIB for label, r in rows.items() if "error" not in r}
-    best = min(totals.values(), default=None)
-    out = [
-        target("7b step at 1 x 256, best configuration <= 15 GiB (estimated)", best, 15),
-        target("7b dct_adamw + 8-bit + step in backward <= 20 GiB (estimated)", totals.get(DCT), 20),
-        target("7b sltrain + 8-bit + step in backward <= 17 GiB (estimated)", totals.get(SLTRAIN), 17),
-        target("estimated best / today's mode at 1b <= 0.25", ms.get("best_over_today_1b"), 0.25),
-    ]
-    for name, r in (ms.get("real") or {}).items():
-        met = "**met**" if abs(r["ratio"] - 1) <= 0.02 else "**not met**"
-        out.append(f"| real vs estimated peak within 2% ({name}) | {fmt(r['ratio'])} | {met} |")
-    return out
-
-
 def main(argv=None) -> dict:
-    real = (False, "also measure best@1b and today@350m on real CPU tensors")
-    args = parser(__doc__, "memory_scale", real=real).parse_args(argv)
+    args = parser(__doc__, "memory_scale", real=False).parse_args(argv)
     results = {}
     for setting, base in SETTINGS.items():
         results[setting] = {}
         for label, overrides in ROWS.items():
-            results[setting][label] = r = estimate([*base, *overrides])
-            shown = r["error"] if "error" in r else f"{r['bytes']['total'] / GIB:.2f} GiB ({r['wall_s']:.0f} s)"
-            print(f"[{setting}] {label}: {shown}", flush=True)
+            results[setting][label] = estimate([*base, *overrides])
+            print(f"[{setting}] {scale_row(label, results[setting][label])}", flush=True)
     out = {"command": command("memory_scale", argv), "common": COMMON, "results": results}
     one = results["1b, 1 x 256"]
     if "error" not in one[BEST] and "error" not in one[TODAY]:
         out["best_over_today_1b"] = one[BEST]["bytes"]["total"] / one[TODAY]["bytes"]["total"]
     if args.real:
         out["real"] = real_checks()
-    return write_json(args, out, lambda r: memory_scale_section(r, None, None), lambda path: plot(results, path))
+    return write_json(args, out, memory_scale_section, lambda path: plot(results, path))
