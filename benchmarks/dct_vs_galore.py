@@ -55,9 +55,8 @@ def time_steps(opts: dict, args) -> dict[str, dict[str, list[float]]]:
         active = [n for n in opts if not (n.startswith("adamw") and step >= args.gap + 2)]
         for name in active:
             times[name][kind].append(timed(opts[name].step)[1])
-        print(
-            f"step {step} ({kind}): " + " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active), flush=True
-        )
+        shown = " ".join(f"{n} {times[n][kind][-1] * 1e3:.0f} ms" for n in active)
+        print(f"step {step} ({kind}): {shown}", flush=True)
     return times
 
 
@@ -102,9 +101,8 @@ def run(args, argv) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = parser(
-        __doc__, "dct_vs_galore", rank=256, gap=(5, "update gap: steps 0, gap, 2 gap, ... refresh"), steps=11, threads=1
-    )
+    gap = (5, "update gap: steps 0, gap, 2 gap, ... refresh")
+    p = parser(__doc__, "dct_vs_galore", rank=256, gap=gap, steps=11, threads=1)
     p.add_argument("--size", default="130m", choices=list(LLAMA_SIZES))
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import subprocess
 import sys
 
@@ -33,11 +34,9 @@ def trim_and_reset_peak() -> None:
 
 
 def rss_bytes(field: str = "VmRSS") -> int:
+    """This process's resident set (VmRSS) or its peak (VmHWM), in bytes."""
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
 
 
 def child(size: str, combo: dict, batch: int, seq_len: int, peak: bool, device: str, bf16: bool) -> dict:

@@ -1,6 +1,5 @@
 """Training speed of every param x optim combination vs full-rank AdamW: tokens/s and step-time ratio.
 
-    python -m benchmarks speed [--sizes 20m] [--batch 8] [--seq-len 128] [--repeats 12]
     python -m benchmarks speed --params full --optims adamw dct_adamw --steps-per-sample 10 \\
         --variant "full+dct_adamw T=10" "optim.update_gap=10"     # extra combinations: "param+optim label", overrides
     python -m benchmarks speed --device cuda --bf16 --sizes 350m 1b --out gpu   # GPU: tokens/s, MFU, peak memory

@@ -105,13 +105,6 @@ def produced() -> set[str]:
     return {name for e in ENTRIES for name in e.outputs()}
 
 
-def selected(args) -> list[Entry]:
-    unknown = (set(args.only or []) | set(args.skip)) - {e.name for e in ENTRIES}
-    if unknown:
-        sys.exit(f"suite: no entry named {', '.join(sorted(unknown))}")
-    return [e for e in ENTRIES if (args.only is None or e.name in args.only) and e.name not in args.skip]
-
-
 def run(entry: Entry, dry_run: bool) -> float | None:
     shown = shlex.join(["python", *entry.command()[1:]])
     print(f"=== {entry.name} (~{entry.minutes:g} min, {entry.device}): {shown}", flush=True)
@@ -124,17 +117,19 @@ def run(entry: Entry, dry_run: bool) -> float | None:
 
 
 def main(argv=None) -> None:
+    names = [e.name for e in ENTRIES]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", default=None, metavar="ENTRY")
-    p.add_argument("--skip", nargs="+", default=[], metavar="ENTRY")
+    p.add_argument("--only", nargs="+", default=names, choices=names, metavar="ENTRY")
+    p.add_argument("--skip", nargs="+", default=[], choices=names, metavar="ENTRY")
     p.add_argument("--dry-run", action="store_true", help="print each entry's command; run nothing")
     p.add_argument("--report-only", action="store_true", help="only re-render docs/RESULTS.md")
     args = p.parse_args(argv)
-    entries = [] if args.report_only else selected(args)
+    entries = [] if args.report_only else [e for e in ENTRIES if e.name in args.only and e.name not in args.skip]
     took = {e.name: run(e, args.dry_run) for e in entries}
-    if took and not args.dry_run:
+    if args.dry_run:
+        return
+    if took:
         print("suite (s): " + ", ".join(f"{k} {v:.0f}" for k, v in took.items() if v is not None), flush=True)
-    if not args.dry_run:
-        from benchmarks.report import write_report
+    from benchmarks.report import write_report
 
-        print(f"wrote {write_report().relative_to(ROOT)}")
+    print(f"wrote {write_report().relative_to(ROOT)}")
