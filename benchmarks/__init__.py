@@ -15,7 +15,7 @@ BENCHMARKS = {  # name -> what it measures
     "flag_cost": "time and bytes sent per aggregate() call of robust aggregators vs mean (gloo processes)",
     "flag_robustness": "final loss of each aggregator under each Byzantine attack vs a clean mean run (torchrun)",
     "checkpoint_io": "checkpoint save and resume time through the trainer's own save() and maybe_resume()",
-    "prepare_speed": "corpus preparation speed: parallel tokenization vs the former single-process path",
+    "prepare_speed": "corpus preparation speed: parallel tokenization vs the serial sentencepiece loop",
     "suite": "every run behind the figures docs/ cite (--dry-run, --only, --skip), then docs/RESULTS.md",
 }
 
