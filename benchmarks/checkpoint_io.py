@@ -31,17 +31,15 @@ REPEATS = 2  # resumes per mode, the fastest reported
 
 
 def at_revision(args, argv) -> dict:
-    def git(*cmd) -> bytes:
-        return subprocess.run(["git", *cmd], cwd=ROOT, check=True, capture_output=True).stdout
-
     with tempfile.TemporaryDirectory(prefix="ckpt-io-rev-") as tree:
-        subprocess.run(["tar", "-x", "-C", tree], input=git("archive", args.rev), check=True)
+        archive = subprocess.check_output(["git", "archive", args.rev], cwd=ROOT)
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
         script = Path(tree, "benchmarks", "checkpoint_io.py")
-        script.write_bytes(git("show", f"{args.script_rev or args.rev}:benchmarks/checkpoint_io.py"))
+        show = ["git", "show", f"{args.script_rev or args.rev}:benchmarks/checkpoint_io.py"]
+        script.write_bytes(subprocess.check_output(show, cwd=ROOT))
         subprocess.run([sys.executable, str(script), "--size", args.size], cwd=tree, check=True)  # its defaults: ours
         report = json.loads(Path(tree, "benchmarks", "results", "checkpoint_io.json").read_text())
-    report["command"] = command("checkpoint_io", argv)
-    return write_json(args, report)
+    return write_json(args, report | {"command": command("checkpoint_io", argv)})
 
 
 def main(argv=None) -> dict:
@@ -68,12 +66,6 @@ def measure(args, out: str) -> dict:
         log = MetricsLog(run_dir, cfg.log, True, cfg.train.steps, {}, "bench")
         return train.make_trainer(cfg, env, engine, param, agg, corpus, run_dir, log)
 
-    report = {"size": args.size, "vocab": VOCAB, **save_then_resume(cfg, new_trainer)}
-    dist.destroy()
-    return report
-
-
-def save_then_resume(cfg, new_trainer) -> dict:
     trainer = new_trainer()
     trainer.train_step(0)  # the AdamW moments exist from here on
     trainer.state.step = 1
@@ -89,5 +81,6 @@ def save_then_resume(cfg, new_trainer) -> dict:
             fresh = new_trainer()
             times[mode].append(timed(fresh.maybe_resume)[1])
             assert fresh.state.step == 1
+    dist.destroy()
     resume_s = {mode: min(t) for mode, t in times.items()}
-    return {"save_s": save_s, "checkpoint_bytes": size, "resume_s": resume_s}
+    return {"size": args.size, "vocab": VOCAB, "save_s": save_s, "checkpoint_bytes": size, "resume_s": resume_s}

@@ -39,8 +39,7 @@ def measure(rank, world_size, numels, repeats, out_path):
         shapes = [numel // 4, numel // 4, numel - 2 * (numel // 4)]  # a few tensors, like a model's gradients
         base = [torch.randn(s, generator=gen) for s in shapes]
         for label, (name, overrides) in VARIANTS.items():
-            cfg = AGG.get(name).config_cls(**overrides)
-            aggregator = AGG.build(name, cfg, ctx)
+            aggregator = AGG.build(name, AGG.get(name).config_cls(**overrides), ctx)
             times = []
             for i in range(repeats + 2):  # two warm-up calls
                 grads = [g.clone() for g in base]

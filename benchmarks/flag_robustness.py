@@ -4,9 +4,9 @@ against a clean `mean` run with the same seed and steps (acceptance: every attac
     python -m benchmarks flag_robustness   # p = 4, rank 1 Byzantine: mean, flag: 16 runs, ~15 min on 2 cores
     python -m benchmarks flag_robustness --nproc 8 --byzantine 2 --out flag_robustness_p8   # ~20 min
 
-Each run is train.py under torchrun (debug model, built-in corpus, SETTINGS below). A global batch of 256 sequences is
-where honest workers' gradients agree enough for a subspace method to tell them from an attacker: at 4 sequences per
-worker they are nearly orthogonal (mean pairwise cosine ~0.03-0.1) and any 3 of 4 span an equally good flag.
+Each run is train.py under torchrun. A global batch of 256 sequences lets a subspace method tell honest workers'
+gradients from an attacker's: at 4 sequences per worker they are nearly orthogonal (mean pairwise cosine ~0.03-0.1)
+and any 3 of 4 span an equally good flag.
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ def agg_overrides(args, agg: str) -> list[str]:
 
 
 def base_overrides(args, work: Path) -> list[str]:
-    steps, seq_len, batch = args.steps, args.seq_len, args.batch
+    steps = args.steps
     return [
-        *f"model.size=debug data.seq_len={seq_len} data.vocab_size=512 train.steps={steps}".split(),
-        *f"train.global_batch_size={batch} train.micro_batch_size={batch // args.nproc}".split(),
-        *f"train.eval_every={steps} train.eval_batches={args.eval_batches} train.log_every={steps}".split(),
-        *f"train.save_every={steps} train.threads=1 train.seed={args.seed} train.resume=never".split(),
-        "log.progress=lines",
+        *f"model.size=debug data.seq_len={args.seq_len} data.vocab_size=512 log.progress=lines train.threads=1".split(),
+        *f"train.steps={steps} train.eval_every={steps} train.log_every={steps} train.resume=never".split(),
+        *f"train.save_every={steps} train.eval_batches={args.eval_batches} train.seed={args.seed}".split(),
+        *f"train.global_batch_size={args.batch} train.micro_batch_size={args.batch // args.nproc}".split(),
         f"run.out_dir={work / 'runs'}",
         f"data.cache_dir={work / 'cache'}",
     ]
@@ -76,7 +75,6 @@ def row(first: str, cells) -> str:
 
 
 def loss_tables(args, results: dict, clean: float) -> tuple[dict, list[str]]:
-    """The losses, then each aggregator's worst ratio to the clean loss over the clean run and every attack."""
     title = f"final val loss (ratio to the clean mean run, {clean:.4f}); Byzantine ranks {args.byzantine_ranks}"
     lines = [f"{title} of {args.nproc}", row("attack", args.aggs)]
     for attack in ["clean", *args.attacks]:
@@ -103,9 +101,8 @@ def weight_table(args, results: dict) -> list[str]:
         return []
     title = f"weight of Byzantine ranks {args.byzantine_ranks} in the aggregate"
     lines = ["", f"{title} (the largest, median over steps; 1 = fully used, 0 = ignored)"]
-    with_cosine = [a for a in aggs if results[f"clean/{a}"]["mean_cosine"] is not None]
-    if with_cosine:
-        agg = with_cosine[0]
+    agg = next((a for a in aggs if results[f"clean/{a}"]["mean_cosine"] is not None), None)
+    if agg is not None:
         cosine = results[f"clean/{agg}"]["mean_cosine"]
         lines.append(f"workers' mean pairwise gradient cosine in the clean {agg} run (median over steps): {cosine:.3f}")
     lines.append(row("attack", aggs))
@@ -126,20 +123,16 @@ def parse_args(argv):
     return args
 
 
-def run_all(args) -> dict[str, dict]:
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    print(f"{args.nproc} processes, Byzantine ranks {args.byzantine_ranks}, {SETTINGS}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="flag-robustness-"))
     faults = [f"faults.byzantine_ranks=[{','.join(map(str, args.byzantine_ranks))}]"]
     runs = {f"clean/{agg}": agg_overrides(args, agg) for agg in ["mean", *args.aggs]}
     for attack in args.attacks:
         for agg in args.aggs:
             runs[f"{attack}/{agg}"] = [*agg_overrides(args, agg), *faults, f"faults.attack={attack}"]
-    return {key: run_one(args, key.replace("/", "-"), overrides, work) for key, overrides in runs.items()}
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    print(f"{args.nproc} processes, Byzantine ranks {args.byzantine_ranks}, {SETTINGS}", flush=True)
-    results = run_all(args)
+    results = {key: run_one(args, key.replace("/", "-"), overrides, work) for key, overrides in runs.items()}
     clean = results["clean/mean"]["val_loss"]
     verdict, lines = loss_tables(args, results, clean)
     lines += weight_table(args, results)

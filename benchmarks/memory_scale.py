@@ -43,13 +43,12 @@ PARTS = ("weights", "gradients", "optimizer state", "activations + temporaries")
 
 
 def estimate(overrides: list[str], real: bool = False) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "m.json"
-        cmd = [sys.executable, "-m", "tools.memory", *COMMON, *overrides, "--json", str(out)]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, "-m", "tools.memory", *COMMON, *overrides, "--json", out.name]
         proc = subprocess.run(cmd + ["--real"] if real else cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "overrides": overrides}
-        return json.loads(out.read_text())
+        return json.load(out)
 
 
 def gib(b: dict) -> list[float]:
@@ -74,8 +73,7 @@ def plot(results: dict, path: Path) -> None:
     plt = pyplot()
     rows = {label: gib(r["bytes"]) for label, r in results["7b, 1 x 256"].items() if "error" not in r}
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    parts = {part: [g[i] for g in rows.values()] for i, part in enumerate(PARTS)}
-    stacked_bars(ax, list(rows), parts, horizontal=True)
+    stacked_bars(ax, list(rows), dict(zip(PARTS, zip(*rows.values()))), horizontal=True)  # each part across rows
     ax.axvline(15, color="k", ls="--", lw=1)
     ax.text(15.3, len(rows) - 0.6, "15 GiB (a 16 GB GPU)", fontsize=8)
     ax.invert_yaxis()
@@ -95,12 +93,11 @@ def memory_scale_section(ms, *low_memory_runs) -> str:
     if ms is None:
         return f"{NOT_MEASURED}: run `python -m benchmarks memory_scale --real`.\n"
     out = [
-        "Peak bytes of one process's training step (weights / gradients / optimizer state / activations + temporaries "
-        "at the peak) from `python -m tools.memory`: FakeTensorMode + MemTracker on CPU, nothing allocated, vocabulary "
-        f"32000, 256-token sequences. `{ms['command']}`; settings `{' '.join(ms['common'])}`. Peer row: galore-torch's "
-        "8-bit per-layer GaLore (bf16 weights, rank 1024, step in backward) via its stand-in `optim=galore_adamw "
-        "optim.state_dtype=int8` (0.991x GaLoreAdamW8bit's state bytes, tests/optim/test_galore_torch_peer.py), as "
-        "bitsandbytes' kernels fail under fake tensors.\n"
+        "Bytes of one process's training step at its peak, from `python -m tools.memory` (FakeTensorMode + "
+        f"MemTracker on CPU, nothing allocated), vocabulary 32000, 256-token sequences. `{ms['command']}`; settings "
+        f"`{' '.join(ms['common'])}`. Peer row: galore-torch's 8-bit per-layer GaLore (bf16 weights, rank 1024, step "
+        "in backward) as `optim=galore_adamw optim.state_dtype=int8` (0.991x GaLoreAdamW8bit's state bytes, "
+        "tests/optim/test_galore_torch_peer.py): bitsandbytes' kernels fail under fake tensors.\n"
     ]
     header = "configuration | weights | grads | optimizer state | act + temp | **peak** | estimate s"
     for setting, rows in ms["results"].items():
@@ -127,10 +124,8 @@ def main(argv=None) -> dict:
     args = parser(__doc__, "memory_scale", real=False).parse_args(argv)
     results = {}
     for setting, base in SETTINGS.items():
-        results[setting] = {}
-        for label, overrides in ROWS.items():
-            results[setting][label] = estimate([*base, *overrides])
-            print(f"[{setting}] {scale_row(label, results[setting][label])}", flush=True)
+        results[setting] = {label: estimate([*base, *overrides]) for label, overrides in ROWS.items()}
+        print("\n".join(f"[{setting}] {scale_row(label, r)}" for label, r in results[setting].items()), flush=True)
     out = {"command": command("memory_scale", argv), "common": COMMON, "results": results}
     one = results["1b, 1 x 256"]
     if "error" not in one[BEST] and "error" not in one[TODAY]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import resource
 import tempfile
-import time
 from itertools import islice
 from pathlib import Path
 
@@ -24,14 +23,6 @@ from trainer import corpus, data, tokenizing
 from trainer.config import DataConfig
 
 SHARED = ROOT.parent / "shared" / "data"
-
-
-def build_text(path: Path, megabytes: int) -> None:
-    parts = [(SHARED / name).read_text() for name in ("wikitext103_valid.txt", "tinyshakespeare.txt")]
-    block = "\n\n".join(parts) + "\n\n"
-    with open(path, "w") as f:
-        for _ in range(megabytes * 10**6 // len(block.encode()) + 1):
-            f.write(block)
 
 
 def serial(docs, sp: spm.SentencePieceProcessor, out_path: str) -> int:
@@ -47,7 +38,6 @@ def serial(docs, sp: spm.SentencePieceProcessor, out_path: str) -> int:
 
 
 def cpu_seconds() -> float:
-    """This process's and its finished children's CPU seconds."""
     usage = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return sum(r.ru_utime + r.ru_stime for r in usage)
 
@@ -59,9 +49,9 @@ def one_round(runs: dict, cfg, tok_path: str, workdir: Path) -> None:
         ("prepare", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "prepare.bin"), os.cpu_count())),
         ("prepare_1_process", lambda: tokenizing.write_tokens(cfg, tok_path, str(workdir / "prepare_1.bin"), 1)),
     ):
-        start, cpu0 = time.perf_counter(), cpu_seconds()
-        n = fn()
-        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        cpu0 = cpu_seconds()
+        n, seconds = timed(fn)
+        cpu = cpu_seconds() - cpu0
         r = dict(tokens=n, seconds=seconds, tokens_per_s=n / seconds, cpu_s=cpu, cpu_us_per_token=cpu / n * 1e6)
         runs[name].append(r)
         print(f"{name}: {r['tokens_per_s'] / 1e6:.2f} M tokens/s, {r['cpu_us_per_token']:.3f} CPU us/token", flush=True)
@@ -75,7 +65,11 @@ def main(argv=None) -> dict:
     args = parser(__doc__, "prepare_speed", mb=200, repeats=1).parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="prepare-speed-"))
     text = workdir / f"corpus-{args.mb}mb.txt"
-    build_text(text, args.mb)
+    parts = [(SHARED / name).read_text() for name in ("wikitext103_valid.txt", "tinyshakespeare.txt")]
+    block = "\n\n".join(parts) + "\n\n"
+    with open(text, "w") as f:
+        for _ in range(args.mb * 10**6 // len(block.encode()) + 1):
+            f.write(block)
     cfg = DataConfig(source=str(text), cache_dir=str(workdir / "cache"))
     tok_path = data.tokenizer_path(cfg)
     tokenizer_s = timed(data.train_tokenizer, cfg, tok_path)[1]  # timed apart: the cache dir is new

@@ -5,9 +5,8 @@
     python -m benchmarks quality --out dct_sweep --parallel 12 --grid optim=dct_adamw optim.lr=0.001,0.003 \\
         optim.update_gap=10,50 --extra train.precision=fp32 -- "full adamw (defaults)" optim=adamw
 
-Each label runs train.py on ../shared/data/wikitext103_valid.txt (10% held out), 20m model, vocab 4096, seed 0,
-one thread, 5 evaluations of 16 batches: its overrides (or --extra) change any of these. A failed grid run is
-recorded and the sweep goes on. Under --parallel the runs share the machine: their tokens/s are no speed figure.
+Each label runs train.py on ../shared/data/wikitext103_valid.txt, 20m model (base_overrides; its overrides or --extra
+change them). A failed grid run is recorded. Under --parallel the runs share the machine: tokens/s is no speed figure.
 """
 
 from __future__ import annotations
@@ -29,13 +28,12 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext103_valid.txt"
 
 
 def base_overrides(args) -> list[str]:
-    steps = args.steps
     return [
         "model.size=20m",
         f"data.source={WIKITEXT}",
-        *f"data.val_fraction=0.1 data.seq_len={args.seq_len} data.vocab_size=4096 train.steps={steps}".split(),
+        *f"data.val_fraction=0.1 data.seq_len={args.seq_len} data.vocab_size=4096 train.steps={args.steps}".split(),
         *f"train.global_batch_size={args.batch} train.micro_batch_size={args.micro_batch}".split(),
-        *f"train.eval_every={max(1, steps // 5)} train.eval_batches=16 train.save_every={steps}".split(),
+        *f"train.eval_every={max(1, args.steps // 5)} train.eval_batches=16 train.save_every={args.steps}".split(),
         *"train.resume=never train.seed=0 train.threads=1 log.progress=lines log.wandb=disabled".split(),
         f"run.out_dir={args.results_dir / 'runs' / args.out}",
     ]

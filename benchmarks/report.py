@@ -19,7 +19,6 @@ def fmt(x, spec=".3f") -> str:
 
 
 def table(header: str, rows: list[str], intro: str = "") -> str:
-    """A markdown table (header: its columns, "a | b"), after its section's intro paragraph if any."""
     lines = [f"| {header} |", "|" + "---|" * len(header.split(" | ")), *rows]
     return "\n".join([intro, "", *lines] if intro else lines) + "\n"
 
@@ -245,7 +244,6 @@ def write_report() -> Path:
     mem, speed, q, d, gpu = load("memory"), load("speed"), load("quality_suite"), load("dct_vs_galore"), load("gpu")
     quality = quality_section(q, {"sltrain": load("quality_sltrain"), "sst": load("quality_sst")})
     lowmem = load("quality_lowmem_full"), load("quality_lowmem_sltrain")
-    gpu_memory = measured("Memory", memory_section, load("gpu_memory"))
     sections = {
         "Every strategy at a glance": summary(mem, speed, q),
         "Targets": targets(mem, q, d),
@@ -255,7 +253,9 @@ def write_report() -> Path:
         "Speed": measured("Speed", speed_section, speed),
         "DCT low-rank AdamW against galore-torch": measured("DCT vs galore-torch", dct_section, d),
         "Flag aggregation": flag_section(load("flag_cost"), load("flag_robustness"), load("flag_robustness_p8")),
-        "GPU": NO_GPU if gpu is None else speed_section(gpu) + "\n" + gpu_memory,
+        "GPU": NO_GPU
+        if gpu is None
+        else speed_section(gpu) + "\n" + measured("Memory", memory_section, load("gpu_memory")),
         "The papers' numbers": PAPERS,
     }
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads available, torch {torch.__version__}"
