@@ -67,17 +67,16 @@ def run(args, argv) -> dict:
     opts = make_optimizers(shapes, [torch.randn(*s, generator=gen) for s in shapes], args)
     times, rows = time_steps(opts, args), {}
     for name, opt in opts.items():
-        refresh = times[name]["refresh"][1:] or times[name]["refresh"]  # step 0 also allocates the state
-        # galore-torch keeps P inside a Python projector object: state_tensors finds it there.
-        state = tensor_bytes(t for s in opt.state.values() for v in s.values() for t in state_tensors(v))
-        cache = tensor_bytes(projectors._CACHE.values()) * name.startswith("dct")
+        ms = {kind: [1e3 * t for t in samples] for kind, samples in times[name].items()}
+        refresh = ms["refresh"][1:] or ms["refresh"]  # step 0 also allocates the state
         rows[name] = {
-            "refresh_ms_median": 1e3 * statistics.median(refresh) if not name.startswith("adamw") else None,
-            "steady_ms_median": 1e3 * statistics.median(times[name]["steady"]),
-            "state_bytes": state,
-            "basis_cache_bytes": cache,
-            "refresh_samples_ms": [1e3 * t for t in times[name]["refresh"]],
-            "steady_samples_ms": [1e3 * t for t in times[name]["steady"]],
+            "refresh_ms_median": statistics.median(refresh) if not name.startswith("adamw") else None,
+            "steady_ms_median": statistics.median(ms["steady"]),
+            # galore-torch keeps P inside a Python projector object: state_tensors finds it there.
+            "state_bytes": tensor_bytes(t for s in opt.state.values() for v in s.values() for t in state_tensors(v)),
+            "basis_cache_bytes": tensor_bytes(projectors._CACHE.values()) * name.startswith("dct"),
+            "refresh_samples_ms": ms["refresh"],
+            "steady_samples_ms": ms["steady"],
         }
     dct, galore = rows["dct_adamw"], rows["galore_torch"]
 
@@ -107,9 +106,4 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 2 * args.gap + 1 or args.gap < 2:
         p.error("need --gap >= 2 and --steps >= 2 * gap + 1 (one timed refresh after the first, and steady steps)")
-    return write_json(args, run(args, argv), show)
-
-
-def show(report: dict) -> str:
-    cache = report["rows"]["dct_adamw"]["basis_cache_bytes"] / 2**20
-    return dct_section(report) + f"(dct_adamw's shared basis cache: {cache:.1f} MiB)"
+    return write_json(args, run(args, argv), dct_section)

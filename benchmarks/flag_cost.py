@@ -71,15 +71,15 @@ def main(argv=None) -> dict:
                 f"{numel:>9} {label:<22} {1e3 * r['time_s']:9.2f} {r['time_s'] / mean['time_s']:7.2f} "
                 f"{r['bytes_sent'] / 2**20:13.3f} {r['bytes_sent'] / max(1.0, mean['bytes_sent']):7.2f}"
             )
-        ratios[numel] = {
+        x = ratios[numel] = {
             "flag_time_over_mean": sharded["time_s"] / mean["time_s"],
             "allgather_bytes_over_sharded": gathered["bytes_sent"] / sharded["bytes_sent"],
             "allgather_time_over_sharded": gathered["time_s"] / sharded["time_s"],
         }
         lines.append(
-            f"{'':>9} ratios: flag(sharded)/mean time {ratios[numel]['flag_time_over_mean']:.2f}x; all-gather/sharded "
-            f"bytes {ratios[numel]['allgather_bytes_over_sharded']:.2f}x (counted; (p-1)n vs 2(p-1)n/p = p/2), "
-            f"time {ratios[numel]['allgather_time_over_sharded']:.2f}x"
+            f"{'':>9} ratios: flag(sharded)/mean time {x['flag_time_over_mean']:.2f}x; all-gather/sharded bytes "
+            f"{x['allgather_bytes_over_sharded']:.2f}x (counted; (p-1)n vs 2(p-1)n/p = p/2), "
+            f"time {x['allgather_time_over_sharded']:.2f}x"
         )
     print("\n".join(lines))
     report = {"args": {**vars(args), "results_dir": relative(str(args.results_dir))}, "results": results}

@@ -133,10 +133,8 @@ class Built:
     ops: object = None  # the engine's ops for the strategy's step hook (engine_ops), when it has one
 
 
-def build(
-    size: str, param_name: str, optim_name: str | None, extra=(), vocab=VOCAB, seq_len=256, device="cpu"
-) -> Built:
-    """The model converted by `param_name`, and (unless None) the `optim_name` optimizer over it."""
+def build(size: str, param_name: str, optim_name: str | None, extra=(), vocab=VOCAB, seq_len=256, device="cpu"):
+    """Built: the model converted by `param_name`, and (unless None) the `optim_name` optimizer over it."""
     from trainer.cli import compose_config  # not at the top: memory.py's baseline is before Hydra
 
     cfg = compose_config([f"model.size={size}", f"param={param_name}", f"optim={optim_name or 'adamw'}", *extra])

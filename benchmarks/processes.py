@@ -38,10 +38,8 @@ def train_env(threads: int = 1) -> dict:
 
 def run_train(overrides: list[str], nproc: int = 1, threads: int = 1):
     """train.py to its end, started as a user would: (the CompletedProcess, its wall seconds)."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        train_command(overrides, nproc), cwd=ROOT, env=train_env(threads), capture_output=True, text=True
-    )
+    command, start = train_command(overrides, nproc), time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env=train_env(threads), capture_output=True, text=True)
     return proc, time.perf_counter() - start
 
 

@@ -66,7 +66,6 @@ def time_size(args, overrides: list[str], size: str) -> tuple[list[dict], dict]:
 
 def finish_rows(rows: list[dict], args) -> None:
     """Tokens/s, the ratio to full-rank AdamW of the same size, and (on a GPU) MFU."""
-    from models import shape_for
     from trainer import throughput as tp
 
     peak = tp.peak_tflops(torch.cuda.get_device_name()) if args.device == "cuda" else None
@@ -78,7 +77,7 @@ def finish_rows(rows: list[dict], args) -> None:
         if eager:  # a --compile twin: its own eager run is the reference
             r["compiled_over_eager"] = eager["step_s"] / r["step_s"]
         if peak:
-            flops = tp.flops_per_token(shape_for(r["size"]), args.vocab, args.seq_len)
+            flops = tp.flops_per_token(harness.shape_for(r["size"]), args.vocab, args.seq_len)
             r["mfu"] = flops * r["tokens_per_s"] / (peak * 1e12)
 
 

@@ -50,8 +50,7 @@ class Entry:
 
 
 # name, about minutes, device, then the command after `python -m benchmarks` (an indented line continues it).
-# checkpoint_io_main: the tree before per-rank hashing (the "before" row of docs/cluster.md), with the script that
-# measured it.
+# checkpoint_io_main: the tree before per-rank hashing, run with its own script (docs/cluster.md's "before" row).
 TABLE = f"""
 memory                     6  cpu  memory --sizes 60m 130m --peak-size 130m
 speed                      3  cpu  speed --size 20m
