@@ -82,7 +82,7 @@ flag_robustness_p8        32  cpu  flag_robustness --nproc 8 --byzantine 2 --agg
 flag_robustness_baselines 25  cpu  flag_robustness --aggs median trimmed_mean multi_krum
 checkpoint_io              3  cpu  checkpoint_io --size 350m
 checkpoint_io_main         3  cpu  checkpoint_io --size 350m --rev d83f4ee^ --script-rev d83f4ee
-prepare_speed             10  cpu  prepare_speed
+prepare_speed              1  cpu  prepare_speed
 dct_sweep                 15  cuda quality {LONG} --parallel 26 --grid optim=dct_adamw optim.lr=0.001,0.003,0.01
     optim.scale=0.25,1.0 optim.update_gap=1,10,50,200 --extra train.precision=fp32 train.device=cuda
     -- {DCT_DEFAULTS}
